@@ -1,0 +1,25 @@
+"""DualSpeed: fast/slow visual-token-pruned training for LLaVA. Importing this package does not import llava."""
+from .config import DualSpeedArguments, kept_tokens, kept_tokens_tensor
+from .distill import IGNORE_INDEX, answer_positions, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
+from .modes import is_slow_step, step_seed, step_uniform
+from .pruners import available_pruners, gather_kept, get_pruner, prune_indices, register_pruner
+
+__all__ = [
+    "DualSpeedArguments",
+    "IGNORE_INDEX",
+    "answer_positions",
+    "available_pruners",
+    "distill_kl",
+    "gather_answer_hidden",
+    "gather_answer_targets",
+    "gather_kept",
+    "get_pruner",
+    "is_slow_step",
+    "kept_tokens",
+    "kept_tokens_tensor",
+    "prune_indices",
+    "register_pruner",
+    "shifted_ce",
+    "step_seed",
+    "step_uniform",
+]

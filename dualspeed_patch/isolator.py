@@ -1,0 +1,91 @@
+"""The mode isolator: `l` learnable vectors prefixed to each image's kept visual tokens in fast mode only.
+
+It tells the LLM "these visual tokens are pruned", so fast-mode training does not bend the behaviour the model
+shows on full token sequences (slow mode, and inference). It lives at `model.mode_isolator` (the LLaVA base
+model) as a module whose call returns the vectors: a module call lets DeepSpeed ZeRO-3 gather the partitioned
+parameter when it is used. Saved as `mode_isolator.bin` ({"model.mode_isolator.weight": [l, hidden]}).
+"""
+import math
+import os
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+ISOLATOR_FILE = "mode_isolator.bin"
+ISOLATOR_KEY = "model.mode_isolator.weight"
+
+
+class ModeIsolator(nn.Module):
+    def __init__(self, length: int, hidden_size: int, dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        # Same scale as LLaVA-NeXT's image_newline: comparable to the LLM's input embeddings.
+        self.weight = nn.Parameter(torch.randn(length, hidden_size, dtype=dtype) / math.sqrt(hidden_size))
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+def get_isolator(model) -> Optional[ModeIsolator]:
+    """The isolator module of a LLaVA causal LM (or its base model), if attached."""
+    base = model.get_model() if hasattr(model, "get_model") else model
+    return getattr(base, "mode_isolator", None)
+
+
+def read_isolator_file(path: str) -> torch.Tensor:
+    """The [l, hidden] tensor stored in an isolator file (or in a non_lora_trainables.bin), loaded safely."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        weights = load_file(path)
+    else:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    found = [v for k, v in weights.items() if k.endswith("mode_isolator.weight")]
+    if len(found) != 1:
+        raise ValueError(f"{path}: expected one '*mode_isolator.weight' entry, found {len(found)}")
+    return found[0]
+
+
+def locate_isolator_file(explicit: Optional[str], pretrain_mm_mlp_adapter: Optional[str]) -> Optional[str]:
+    """`--mode_isolator_path` if given (must exist), else `mode_isolator.bin` beside the pretrained projector."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise FileNotFoundError(f"--mode_isolator_path {explicit}: no such file")
+        return explicit
+    if pretrain_mm_mlp_adapter:
+        candidate = os.path.join(os.path.dirname(pretrain_mm_mlp_adapter), ISOLATOR_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def attach_isolator(model, length: int, source: Optional[str] = None, announce: bool = True) -> Optional[ModeIsolator]:
+    """Create `model.mode_isolator` ([length, hidden], trainable); load it from `source` when given.
+
+    Without a source (e.g. an official LLaVA projector, which has no isolator) a fresh isolator is used and a
+    warning says so. Returns None for length 0 (no isolator).
+    """
+    if length == 0:
+        return None
+    base = model.get_model()
+    hidden = model.config.hidden_size
+    embed = base.embed_tokens.weight
+    isolator = ModeIsolator(length, hidden, dtype=torch.float32).to(device=embed.device)
+    if source is not None:
+        weights = read_isolator_file(source)
+        if tuple(weights.shape) != (length, hidden):
+            raise ValueError(
+                f"{source}: mode isolator has shape {tuple(weights.shape)}, expected ({length}, {hidden}) "
+                f"(--mode_isolator_len {length}, hidden size {hidden})"
+            )
+        isolator.weight.data.copy_(weights)
+    elif announce:
+        warnings.warn(
+            f"no trained mode isolator found (no --mode_isolator_path, no {ISOLATOR_FILE} beside the pretrained "
+            "projector): starting from a fresh isolator",
+            stacklevel=2,
+        )
+    base.mode_isolator = isolator.to(dtype=embed.dtype)  # ZeRO-3 rejects mixed parameter dtypes
+    base.mode_isolator.requires_grad_(True)
+    return base.mode_isolator

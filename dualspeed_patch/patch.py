@@ -1,0 +1,229 @@
+"""`apply()`: DualSpeed as a monkey-patch of LLaVA's interface (our `llava/` or upstream LLaVA alike).
+
+Two things are replaced:
+- `LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal`: builds the LLM input in the model's current
+  *visual mode*: "full" (plain LLaVA), "fast" (pruned + mode isolator) or "pruned" (pruned, no isolator; for
+  pruned inference). Pruning acts on each image's final visual sequence.
+- `forward` of every `LlavaMetaForCausalLM` subclass: in training with DualSpeed on, each micro-step runs in
+  fast mode (cross-entropy on the pruned input) or slow mode (student on full tokens + self-distillation
+  from the fast-mode input as teacher), chosen by the step-derived schedule (same on every rank).
+Only the SPEC §4 interface is used (get_model, get_vision_tower, encode_images, config fields).
+"""
+import contextlib
+import functools
+import inspect
+from typing import Optional, Tuple
+
+import torch
+
+from .config import DualSpeedArguments, kept_tokens_tensor
+from .distill import IGNORE_INDEX, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
+from .isolator import get_isolator
+from .pruners import gather_kept, prune_indices
+from .splice import splice_visual_tokens
+
+FULL, FAST, PRUNED = "full", "fast", "pruned"
+_MODE_ATTR = "_dualspeed_visual_mode"
+_PATCHED = "__dualspeed_patched__"
+
+
+def settings(model) -> DualSpeedArguments:
+    """The model's DualSpeed settings (attached by training / evaluation setup, else read from its config)."""
+    cached = getattr(model, "_dualspeed_args", None)
+    if cached is None:
+        cached = DualSpeedArguments.from_config(model.config)
+        model._dualspeed_args = cached
+    return cached
+
+
+@contextlib.contextmanager
+def visual_mode(model, mode: str):
+    """Run the enclosed forward passes of `model` in visual mode `mode` (full / fast / pruned)."""
+    if mode not in (FULL, FAST, PRUNED):
+        raise ValueError(f"visual mode must be one of full, fast, pruned; got {mode!r}")
+    previous = getattr(model, _MODE_ATTR, FULL)
+    setattr(model, _MODE_ATTR, mode)
+    try:
+        yield
+    finally:
+        setattr(model, _MODE_ATTR, previous)
+
+
+def visual_sequences(model, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each image's final visual sequence: ([I, S, H] features, [I] valid lengths)."""
+    features = model.encode_images(images)
+    lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
+    return features, lengths
+
+
+def prune_visual(model, visual: torch.Tensor, lengths: torch.Tensor, with_isolator: bool, seed: int = 0):
+    """Keep K_i = kept_tokens(N_i, p) tokens of each image (plug-in selection, original order), prefixed with
+    the mode isolator when asked: [isolator; kept]. Returns ([I, l + K, H], [I] valid lengths)."""
+    args = settings(model)
+    keep = kept_tokens_tensor(lengths, args.pruning_ratio)
+    valid = torch.arange(visual.shape[1], device=visual.device).unsqueeze(0) < lengths.unsqueeze(1)
+    indices, kept_mask = prune_indices(args.vtp_method, visual, keep, valid, seed=seed)
+    kept = gather_kept(visual, indices)
+    new_lengths = kept_mask.sum(dim=1)
+    isolator = get_isolator(model) if with_isolator else None
+    if isolator is None:
+        return kept, new_lengths
+    vectors = isolator().to(kept.dtype)
+    prefix = vectors.unsqueeze(0).expand(kept.shape[0], -1, -1)
+    return torch.cat([prefix, kept], dim=1), new_lengths + vectors.shape[0]
+
+
+def build_llm_inputs(model, input_ids, position_ids, attention_mask, labels, visual, lengths):
+    """LLaVA's return tuple for the given per-image visual sequences (vectorised splice)."""
+    embeds, mask, positions, new_labels = splice_visual_tokens(
+        input_ids,
+        attention_mask,
+        labels,
+        model.get_model().embed_tokens(input_ids.clamp(min=0)),
+        visual,
+        lengths,
+        max_length=getattr(model.config, "tokenizer_model_max_length", None),
+        padding_side=getattr(model.config, "tokenizer_padding_side", "right"),
+    )
+    return (
+        None,
+        None if position_ids is None else positions.to(position_ids.dtype),
+        None if attention_mask is None else mask.to(attention_mask.dtype),
+        embeds,
+        None if labels is None else new_labels,
+    )
+
+
+def patched_prepare(original):
+    """LLaVA's `prepare_inputs_labels_for_multimodal`, replaced; `original` serves what DualSpeed leaves alone."""
+
+    @functools.wraps(original)
+    def prepare_inputs_labels_for_multimodal(
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
+    ):
+        return prepare_multimodal(self, original, input_ids, position_ids, attention_mask, past_key_values, labels,
+                                  images, image_sizes)
+
+    setattr(prepare_inputs_labels_for_multimodal, _PATCHED, True)
+    return prepare_inputs_labels_for_multimodal
+
+
+def prepare_multimodal(self, original, input_ids, position_ids, attention_mask, past_key_values, labels, images,
+                       image_sizes=None):
+    """Same inputs and return tuple as LLaVA's method; the visual tokens follow the model's visual mode."""
+    vision_tower = self.get_vision_tower()
+    if vision_tower is None or images is None or input_ids.shape[1] == 1:
+        return input_ids, position_ids, attention_mask, past_key_values, None, labels
+    mode = getattr(self, _MODE_ATTR, FULL)
+    if isinstance(images, list) or images.ndim == 5:
+        if mode == FULL:
+            return original(self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
+        raise NotImplementedError("DualSpeed pruning of multi-view (anyres) images is not supported yet")
+    visual, lengths = visual_sequences(self, images)
+    if mode != FULL:
+        schedule = getattr(self, "_dualspeed_schedule", None)
+        seed = schedule.pruner_seed() if schedule is not None else 0
+        visual, lengths = prune_visual(self, visual, lengths, with_isolator=mode == FAST, seed=seed)
+    ids, pos, mask, embeds, new_labels = build_llm_inputs(self, input_ids, position_ids, attention_mask, labels, visual, lengths)
+    return ids, pos, mask, past_key_values, embeds, new_labels
+
+
+def cap_answers(labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Keep only the first counts[b] supervised labels of each row (the rest become IGNORE_INDEX)."""
+    supervised = labels != IGNORE_INDEX
+    rank = torch.cumsum(supervised.long(), dim=1)
+    return torch.where(supervised & (rank <= counts.unsqueeze(1)), labels, torch.full_like(labels, IGNORE_INDEX))
+
+
+def slow_step(model, input_ids, attention_mask, labels, images, num_items_in_batch=None):
+    """Slow mode: student on the full visual sequence (CE) + KL(teacher || student) at answer tokens.
+
+    Images are encoded once; the teacher (pruned + isolator, the fast-mode input) runs without gradient. Only
+    hidden states at answer positions go through the LM head. Returns (loss, metrics dict of detached tensors).
+    """
+    args = settings(model)
+    schedule = getattr(model, "_dualspeed_schedule", None)
+    visual, lengths = visual_sequences(model, images)
+    student = build_llm_inputs(model, input_ids, None, attention_mask, labels, visual, lengths)
+    with torch.no_grad():
+        seed = schedule.pruner_seed() if schedule is not None else 0
+        pruned, pruned_lengths = prune_visual(model, visual.detach(), lengths, with_isolator=True, seed=seed)
+        teacher = build_llm_inputs(model, input_ids, None, attention_mask, labels, pruned, pruned_lengths)
+        t_hidden = model.get_model()(inputs_embeds=teacher[3], attention_mask=teacher[2], position_ids=teacher[1]).last_hidden_state
+    s_hidden = model.get_model()(inputs_embeds=student[3], attention_mask=student[2], position_ids=student[1]).last_hidden_state
+
+    s_labels, t_labels = student[4], teacher[4]
+    counts = torch.minimum((s_labels[:, 1:] != IGNORE_INDEX).sum(1), (t_labels[:, 1:] != IGNORE_INDEX).sum(1))
+    lm_head = model.get_output_embeddings()
+    s_logits_all = lm_head(gather_answer_hidden(s_hidden, s_labels))
+    ce = shifted_ce(s_logits_all, gather_answer_targets(s_labels))
+    # KL on the answer tokens both sequences still hold (truncation can cut the longer student sequence).
+    s_kl_labels, t_kl_labels = cap_answers(s_labels, counts), cap_answers(t_labels, counts)
+    s_logits = lm_head(gather_answer_hidden(s_hidden, s_kl_labels))
+    with torch.no_grad():
+        t_logits = lm_head(gather_answer_hidden(t_hidden, t_kl_labels))
+        teacher_ce = shifted_ce(t_logits, gather_answer_targets(t_kl_labels))
+    kl = distill_kl(t_logits, s_logits, args.distill_temperature)
+    n_ce, n_kl = s_logits_all.shape[0], s_logits.shape[0]
+    if num_items_in_batch is not None:  # sum-then-divide, as the model's own loss does under grad accumulation
+        loss = (ce * n_ce + args.distill_alpha * kl * n_kl) / num_items_in_batch
+    else:
+        loss = ce + args.distill_alpha * kl
+    metrics = {"slow_ce": ce.detach(), "kl": kl.detach(), "teacher_ce": teacher_ce.detach()}
+    return loss.to(s_hidden.dtype), metrics
+
+
+def wrap_forward(original):
+    """The fast/slow switch around a LLaVA causal LM's `forward` (signature kept for Trainer's inspection)."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        schedule = getattr(self, "_dualspeed_schedule", None)
+        if not self.training or schedule is None or not settings(self).dualspeed:
+            return original(self, *args, **kwargs)
+        call = signature.bind(self, *args, **kwargs).arguments
+        extra = call.get("kwargs", {})
+        images = call.get("images")
+        recorder = getattr(self, "_dualspeed_metrics", None)
+        if images is not None and schedule.is_slow():
+            if call.get("inputs_embeds") is not None:
+                raise ValueError("DualSpeed slow mode needs input_ids and images, not inputs_embeds")
+            if isinstance(images, list) or images.ndim == 5:
+                raise NotImplementedError("DualSpeed slow mode on multi-view (anyres) images is not supported yet")
+            loss, metrics = slow_step(self, call["input_ids"], call.get("attention_mask"), call.get("labels"),
+                                      images, extra.get("num_items_in_batch"))
+            if recorder is not None:
+                recorder.record_slow(metrics)
+            from transformers.modeling_outputs import CausalLMOutputWithPast
+
+            return CausalLMOutputWithPast(loss=loss, logits=None)
+        with visual_mode(self, FAST):
+            out = original(self, *args, **kwargs)
+        if recorder is not None and getattr(out, "loss", None) is not None:
+            recorder.record_fast(out.loss.detach())
+        return out
+
+    setattr(forward, _PATCHED, True)
+    return forward
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def apply(arch_module=None) -> None:
+    """Patch LLaVA for DualSpeed (idempotent). `arch_module` defaults to `llava.model.llava_arch`."""
+    if arch_module is None:
+        import llava.model  # noqa: F401  (defines the causal-LM subclasses)
+        import llava.model.llava_arch as arch_module
+    meta = arch_module.LlavaMetaForCausalLM
+    current = meta.prepare_inputs_labels_for_multimodal
+    if not getattr(current, _PATCHED, False):
+        meta.prepare_inputs_labels_for_multimodal = patched_prepare(current)
+    for cls in _subclasses(meta):
+        own = cls.__dict__.get("forward")
+        if own is not None and not getattr(own, _PATCHED, False):
+            cls.forward = wrap_forward(own)

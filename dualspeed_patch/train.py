@@ -1,0 +1,60 @@
+"""DualSpeed training entry: LLaVA's training with `DualSpeedArguments` parsed beside LLaVA's flags.
+
+`python dualspeed_patch/train_mem.py <LLaVA flags> --dualspeed True --pruning_ratio 0.9 ...`
+"""
+from typing import List
+
+from .callback import DualSpeedCallback, DualSpeedMetrics
+from .config import DualSpeedArguments
+from .isolator import ISOLATOR_FILE, attach_isolator, locate_isolator_file
+from .modes import ModeSchedule
+from .patch import apply
+
+
+def _rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def unwrap_llava(model):
+    """The LLaVA causal LM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSpeedArguments) -> List:
+    """Attach the isolator, the mode schedule and the metrics to the model; record the settings in its config."""
+    llava = unwrap_llava(model)
+    llava.config.update(ds_args.to_config_dict())
+    llava._dualspeed_args = ds_args
+    if _rank0():
+        print(f"DualSpeed: {ds_args}", flush=True)
+    if not ds_args.dualspeed:
+        return []
+    source = locate_isolator_file(ds_args.mode_isolator_path, model_args.pretrain_mm_mlp_adapter)
+    if source is not None and _rank0():
+        print(f"DualSpeed: mode isolator loaded from {source}", flush=True)
+    attach_isolator(llava, ds_args.mode_isolator_len, source, announce=_rank0())
+
+    from llava.train.checkpoint import EXTRA_TRAINABLE_FILES
+
+    EXTRA_TRAINABLE_FILES[ISOLATOR_FILE] = ["mode_isolator"]
+    pretraining = bool(getattr(model_args, "tune_mm_mlp_adapter", False))
+    slow_ratio = ds_args.slow_mode_ratio if (not pretraining or ds_args.slow_mode_in_pretraining) else 0.0
+    schedule = ModeSchedule(training_args.seed, slow_ratio)
+    metrics = DualSpeedMetrics()
+    llava._dualspeed_schedule, llava._dualspeed_metrics = schedule, metrics
+    return [DualSpeedCallback(schedule, metrics)]
+
+
+def train(attn_implementation=None, argv=None):
+    """Apply the patch, then run LLaVA's training with DualSpeed's arguments and setup."""
+    apply()
+    from llava.train.train import train as llava_train
+
+    return llava_train(attn_implementation, argv=argv, extra_dataclasses=(DualSpeedArguments,),
+                       setup_hooks=(setup_dualspeed,))
+
+
+if __name__ == "__main__":
+    train()

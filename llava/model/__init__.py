@@ -1,0 +1,3 @@
+from .language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+
+__all__ = ["LlavaConfig", "LlavaLlamaForCausalLM"]

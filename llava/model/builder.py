@@ -1,0 +1,123 @@
+"""`load_pretrained_model`: load any LLaVA checkpoint kind (full, LoRA + base, projector-only + base)."""
+import os
+import warnings
+from typing import Optional
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.llava_arch import load_projector_weights
+
+
+def _is_llava(model_path: str, model_name: str) -> bool:
+    if "llava" in model_name.lower():
+        return True
+    config_file = os.path.join(model_path, "config.json")
+    if os.path.isfile(config_file):
+        return "mm_vision_tower" in AutoConfig.from_pretrained(model_path).to_dict()
+    return False
+
+
+def _is_lora(model_path: str, model_name: str) -> bool:
+    return "lora" in model_name.lower() or os.path.isfile(os.path.join(model_path, "adapter_config.json"))
+
+
+def load_non_lora_trainables(model_path: str) -> dict:
+    """`non_lora_trainables.bin` with peft's `base_model.model.` prefix removed, keyed like the bare model."""
+    path = os.path.join(model_path, "non_lora_trainables.bin")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: a LoRA checkpoint needs the projector weights saved beside the adapter")
+    weights = load_projector_weights(path)
+    weights = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in weights.items()}
+    if any(k.startswith("model.model.") for k in weights):
+        weights = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in weights.items()}
+    return weights
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: Optional[str],
+    model_name: str,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map="auto",
+    device: str = "cuda",
+    use_flash_attn: bool = False,
+    **kwargs,
+):
+    """Returns `(tokenizer, model, image_processor, context_len)` as upstream LLaVA does.
+
+    The checkpoint kind is recognised as upstream does (name containing "llava" / "lora"), and also from the
+    files (`mm_vision_tower` in config.json, an `adapter_config.json`), so renamed directories load too.
+    Default dtype: float16 on CUDA, float32 on CPU; pass `torch_dtype=` / `dtype=` to override.
+    """
+    if load_8bit or load_4bit:
+        raise ValueError("8-/4-bit loading needs bitsandbytes on a CUDA GPU; load in 16/32 bit instead")
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "cpu"
+    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", torch.float16 if device == "cuda" else torch.float32))
+    load_kwargs = dict(kwargs, dtype=dtype)
+    if device == "cuda":
+        load_kwargs["device_map"] = device_map
+    if use_flash_attn:
+        load_kwargs["attn_implementation"] = "flash_attention_2"
+
+    if not _is_llava(model_path, model_name):
+        base = model_base or model_path
+        tokenizer = AutoTokenizer.from_pretrained(base, use_fast=False)
+        model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)
+        return tokenizer, model.to(device) if device != "cuda" else model, None, _context_len(model)
+
+    if _is_lora(model_path, model_name) and model_base is None:
+        warnings.warn(
+            f"{model_path} looks like a LoRA checkpoint but no model_base was given; loading it as a full model. "
+            "Pass --model-base (the LLM it was trained from), or merge it first with scripts/merge_lora_weights.py."
+        )
+    if _is_lora(model_path, model_name) and model_base is not None:
+        from peft import PeftModel
+
+        config = LlavaConfig.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
+        model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+        _load_partial(model, load_non_lora_trainables(model_path), os.path.join(model_path, "non_lora_trainables.bin"))
+        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    elif model_base is not None:  # projector-only (pretraining output) on top of the base LLM
+        config = AutoConfig.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
+        model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+        weights = load_projector_weights(os.path.join(model_path, "mm_projector.bin"))
+        _load_partial(model, {k: v.to(dtype) for k, v in weights.items()}, os.path.join(model_path, "mm_projector.bin"))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=False)
+        model = LlavaLlamaForCausalLM.from_pretrained(model_path, **load_kwargs)
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    if getattr(model.config, "mm_use_im_patch_token", True):
+        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    if getattr(model.config, "mm_use_im_start_end", False):
+        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+
+    vision_tower = model.get_vision_tower()
+    if not vision_tower.is_loaded:
+        vision_tower.load_model(device_map=device_map if device == "cuda" else None)
+    vision_tower.to(device=device, dtype=dtype)
+    if device != "cuda":
+        model.to(device)
+    model.eval()
+    return tokenizer, model, vision_tower.image_processor, _context_len(model)
+
+
+def _load_partial(model, weights: dict, source: str) -> None:
+    """Load a subset of the weights; every key in the file must exist in the model (nothing silently dropped)."""
+    _, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise ValueError(f"{source}: keys not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+
+
+def _context_len(model) -> int:
+    return getattr(model.config, "max_sequence_length", 2048)

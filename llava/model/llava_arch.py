@@ -1,0 +1,215 @@
+"""LLaVA's multimodal glue: vision tower + projector on the model, and splicing image features into the text.
+
+`LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal` is the single function that turns token ids with
+IMAGE_TOKEN_INDEX placeholders into LLM input embeddings; DualSpeed replaces exactly this function.
+"""
+import math
+from abc import ABC, abstractmethod
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+
+from .multimodal_encoder.builder import build_vision_tower
+from .multimodal_projector.builder import build_vision_projector
+
+
+def load_projector_weights(path: str) -> dict:
+    """Read an `mm_projector.bin`-style file safely (safetensors or `torch.load(weights_only=True)`)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def strip_prefix(weights: dict, keyword: str) -> dict:
+    """{'model.mm_projector.0.weight': w} -> {'0.weight': w} for keyword 'mm_projector'."""
+    return {k.split(keyword + ".", 1)[1]: v for k, v in weights.items() if keyword + "." in k}
+
+
+class LlavaMetaModel:
+    """Mixin for the base LLM model: owns `vision_tower`, `mm_projector` and (spatial_unpad) `image_newline`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if hasattr(config, "mm_vision_tower"):
+            self.vision_tower = build_vision_tower(config, delay_load=True)
+            self.mm_projector = build_vision_projector(config)
+            if "unpad" in getattr(config, "mm_patch_merge_type", ""):
+                self.image_newline = nn.Parameter(torch.empty(config.hidden_size, dtype=self.dtype))
+
+    def get_vision_tower(self):
+        vision_tower = getattr(self, "vision_tower", None)
+        if type(vision_tower) is list:  # FSDP keeps it out of the module tree
+            vision_tower = vision_tower[0]
+        return vision_tower
+
+    def initialize_vision_modules(self, model_args, fsdp=None) -> None:
+        """Attach (or reload) the vision tower, build the projector, optionally load pretrained projector weights."""
+        self.config.mm_vision_tower = model_args.vision_tower
+        vision_tower = self.get_vision_tower()
+        if vision_tower is None:
+            vision_tower = build_vision_tower(model_args)
+            self.vision_tower = [vision_tower] if fsdp is not None and len(fsdp) > 0 else vision_tower
+        else:
+            vision_tower.load_model()
+
+        self.config.use_mm_proj = True
+        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
+        self.config.mm_hidden_size = vision_tower.hidden_size
+        self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
+        self.config.mm_vision_select_feature = model_args.mm_vision_select_feature
+        self.config.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", "flat")
+
+        if getattr(self, "mm_projector", None) is None:
+            self.mm_projector = build_vision_projector(self.config)
+            if "unpad" in self.config.mm_patch_merge_type:
+                std = 1 / math.sqrt(self.config.hidden_size)
+                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
+        else:
+            self.mm_projector.requires_grad_(True)  # may have been frozen by an earlier LoRA setup
+
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter is not None:
+            weights = strip_prefix(load_projector_weights(adapter), "mm_projector")
+            missing, unexpected = self.mm_projector.load_state_dict(weights, strict=False)
+            if missing or unexpected:
+                raise ValueError(
+                    f"{adapter}: projector weights do not fit mm_projector_type={self.config.mm_projector_type!r} "
+                    f"(missing {missing}, unexpected {unexpected})"
+                )
+
+
+class LlavaMetaForCausalLM(ABC):
+    """Mixin for the causal LM: encodes images and splices them into the token sequence."""
+
+    @abstractmethod
+    def get_model(self):
+        pass
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> projected visual tokens [B, N, hidden]."""
+        image_features = self.get_model().get_vision_tower()(images)
+        return self.get_model().mm_projector(image_features)
+
+    def prepare_inputs_labels_for_multimodal(
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
+    ):
+        """Replace each IMAGE_TOKEN_INDEX by that image's visual tokens; re-pad the batch.
+
+        One image is consumed per image token, and one per sample without any (the data pipeline gives text-only
+        samples of a multimodal set a dummy image, as upstream LLaVA does). Visual positions get IGNORE_INDEX labels.
+        Returns `(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)`; optional inputs that
+        were None come back None.
+        """
+        vision_tower = self.get_vision_tower()
+        if vision_tower is None or images is None or input_ids.shape[1] == 1:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+
+        if isinstance(images, list) or images.ndim == 5:
+            raise NotImplementedError(
+                "multi-view (anyres) image batches are not supported yet; use --image_aspect_ratio pad or square"
+            )
+        image_features = self.encode_images(images)
+
+        if getattr(self.config, "tune_mm_mlp_adapter", False) and getattr(self.config, "mm_use_im_start_end", False):
+            raise NotImplementedError("mm_use_im_start_end with tune_mm_mlp_adapter is not supported (as upstream)")
+
+        _labels, _position_ids, _attention_mask = labels, position_ids, attention_mask
+        attention_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if labels is None:
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
+
+        embed_tokens = self.get_model().embed_tokens
+        new_embeds, new_labels = [], []
+        image_idx = 0
+        for ids, mask, labs in zip(input_ids, attention_mask, labels):
+            ids, labs = ids[mask], labs[mask]
+            is_image = ids == IMAGE_TOKEN_INDEX
+            # Embed all text at once (placeholders temporarily mapped to id 0).
+            text_embeds = embed_tokens(torch.where(is_image, torch.zeros_like(ids), ids))
+            image_positions = torch.nonzero(is_image).flatten().tolist()
+            if not image_positions:
+                # Keep the projector in the graph (ZeRO-3 / DDP expect every parameter to be used).
+                new_embeds.append(torch.cat([text_embeds, image_features[image_idx][0:0]], dim=0))
+                new_labels.append(labs)
+                image_idx += 1
+                continue
+            pieces, piece_labels, start = [], [], 0
+            for pos in image_positions:
+                feats = image_features[image_idx]
+                image_idx += 1
+                pieces += [text_embeds[start:pos], feats]
+                piece_labels += [labs[start:pos], labs.new_full((feats.shape[0],), IGNORE_INDEX)]
+                start = pos + 1
+            pieces.append(text_embeds[start:])
+            piece_labels.append(labs[start:])
+            new_embeds.append(torch.cat(pieces, dim=0))
+            new_labels.append(torch.cat(piece_labels, dim=0))
+
+        max_len = getattr(self.config, "tokenizer_model_max_length", None)
+        if max_len is not None:
+            new_embeds = [e[:max_len] for e in new_embeds]
+            new_labels = [l[:max_len] for l in new_labels]
+        return (None,) + pad_multimodal_batch(
+            new_embeds, new_labels, _position_ids, _attention_mask, _labels, past_key_values,
+            padding_side=getattr(self.config, "tokenizer_padding_side", "right"),
+        )
+
+    def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
+        """Add <im_patch> / <im_start>,<im_end> tokens when requested and size the embeddings to match."""
+        if model_args.mm_use_im_patch_token:
+            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+            self.resize_token_embeddings(len(tokenizer))
+        if not model_args.mm_use_im_start_end:
+            return
+        num_new = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+        self.resize_token_embeddings(len(tokenizer))
+        if num_new > 0:
+            for emb in (self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data):
+                emb[-num_new:] = emb[:-num_new].mean(dim=0, keepdim=True)
+        if model_args.tune_mm_mlp_adapter:
+            self.get_input_embeddings().requires_grad_(True)
+            self.get_output_embeddings().requires_grad_(False)
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter:
+            weights = load_projector_weights(adapter)
+            embed = weights.get("model.embed_tokens.weight")
+            if embed is not None:
+                target = self.get_input_embeddings().weight.data
+                if embed.shape == target.shape:
+                    target.copy_(embed)
+                elif embed.shape[0] == num_new:
+                    target[-num_new:] = embed
+                else:
+                    raise ValueError(
+                        f"{adapter}: embed_tokens has shape {tuple(embed.shape)}; expected {tuple(target.shape)} "
+                        f"or {num_new} new rows"
+                    )
+
+
+def pad_multimodal_batch(embeds, labels, position_ids, attention_mask, orig_labels, past_key_values, padding_side="right"):
+    """Stack variable-length sequences into a padded batch; returns the tail of LLaVA's 6-tuple (5 items)."""
+    batch, longest = len(embeds), max(e.shape[0] for e in embeds)
+    hidden, dtype, device = embeds[0].shape[1], embeds[0].dtype, embeds[0].device
+    lengths = torch.tensor([e.shape[0] for e in embeds], device=device)
+    steps = torch.arange(longest, device=device)
+    if padding_side == "left":
+        valid = steps.unsqueeze(0) >= (longest - lengths).unsqueeze(1)
+    else:
+        valid = steps.unsqueeze(0) < lengths.unsqueeze(1)
+    padded = embeds[0].new_zeros(batch, longest, hidden, dtype=dtype)
+    padded[valid] = torch.cat(embeds, dim=0)
+    padded_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=labels[0].dtype, device=device)
+    padded_labels[valid] = torch.cat(labels, dim=0)
+    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    out_mask = None if attention_mask is None else valid.to(attention_mask.dtype)
+    out_positions = None if position_ids is None else positions.to(position_ids.dtype)
+    out_labels = None if orig_labels is None else padded_labels
+    return out_positions, out_mask, past_key_values, padded, out_labels

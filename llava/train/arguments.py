@@ -1,0 +1,64 @@
+"""Command-line arguments of LLaVA training: one dataclass per concern, same flag names as upstream LLaVA."""
+from dataclasses import dataclass, field
+from typing import Optional
+
+import transformers
+
+
+@dataclass
+class ModelArguments:
+    """Which LLM, vision tower and projector to build, and which parts are frozen."""
+    model_name_or_path: Optional[str] = field(default=None)
+    version: Optional[str] = field(default="v0", metadata={"help": "Conversation template key (plain, v1, ...)."})
+    freeze_backbone: bool = field(default=False)
+    tune_mm_mlp_adapter: bool = field(default=False)
+    vision_tower: Optional[str] = field(default=None)
+    mm_vision_select_layer: Optional[int] = field(default=-1)
+    pretrain_mm_mlp_adapter: Optional[str] = field(default=None)
+    mm_projector_type: Optional[str] = field(default="linear")
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=True)
+    mm_patch_merge_type: Optional[str] = field(default="flat")
+    mm_vision_select_feature: Optional[str] = field(default="patch")
+
+
+@dataclass
+class DataArguments:
+    """Where the LLaVA-format JSON and images live and how images are preprocessed."""
+    data_path: Optional[str] = field(default=None, metadata={"help": "Path to the training data (LLaVA JSON list)."})
+    lazy_preprocess: bool = False
+    is_multimodal: bool = False
+    image_folder: Optional[str] = field(default=None)
+    image_aspect_ratio: str = "square"
+    image_grid_pinpoints: Optional[str] = field(default=None)
+    # Filled in by train() from the model arguments (init=False keeps them off the command line).
+    conv_version: Optional[str] = field(default=None, init=False)
+    mm_use_im_start_end: bool = field(default=False, init=False)
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """transformers.TrainingArguments plus LLaVA's LoRA / quantisation / multimodal-lr flags."""
+    cache_dir: Optional[str] = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False)
+    mpt_attn_impl: Optional[str] = field(default="triton")
+    model_max_length: int = field(
+        default=512,
+        metadata={"help": "Maximum sequence length. Sequences are right-padded (and possibly truncated)."},
+    )
+    double_quant: bool = field(default=True)
+    quant_type: str = field(default="nf4")
+    bits: int = field(default=16, metadata={"help": "How many bits to use (16, 8 or 4)."})
+    lora_enable: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_weight_path: str = ""
+    lora_bias: str = "none"
+    mm_projector_lr: Optional[float] = None
+    group_by_modality_length: bool = field(default=False)
+    attn_implementation: Optional[str] = field(
+        default=None, metadata={"help": "flash_attention_2 | sdpa | eager; default: flash_attention_2 if installed, else sdpa."}
+    )

@@ -1,0 +1,411 @@
+"""LLaVA training data: JSON conversations -> supervised token sequences (+ image tensors) -> padded batches.
+
+One masking routine serves every conversation template. The template renders a conversation as tagged
+parts (`Conversation.get_prompt_parts`); the prompt is tokenized once and, for every boundary between a
+supervised and an unsupervised part, the prefix of the prompt up to that boundary is tokenized too. Labels
+are the tokens of answer parts. The routine is self-checking: every prefix's tokens must be an exact prefix
+of the full prompt's tokens, otherwise the label boundaries are unknown and the sample is not supervised
+(its labels are all IGNORE_INDEX and a warning names it).
+"""
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from llava import conversation as conversation_lib
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+)
+from llava.conversation import Conversation, PromptPart, SeparatorStyle
+from llava.mm_utils import process_images, tokenizer_image_token_batch
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("human", "gpt")
+ASPECT_RATIOS = ("square", "pad", "anyres")
+DEFAULT_MAX_MISMATCH_FRACTION = 0.01
+EAGER_CHECK_SAMPLES = 200
+# The running mismatch rate is judged over at least this many samples, so one early bad sample is tolerated.
+RUNNING_CHECK_MIN_SAMPLES = 100
+# Visual-token allowance in the length estimate used for length grouping (upstream convention).
+IMAGE_LENGTH_ESTIMATE = 128
+
+Turns = List[Dict[str, str]]
+
+
+class Encoded(NamedTuple):
+    """One tokenized conversation; aligned is False when label boundaries could not be verified."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    aligned: bool
+
+
+# ----------------------------------------------------------------------------------------------- templates
+
+def resolve_template(template: Union[str, Conversation, None]) -> Conversation:
+    """The Conversation for a template key (None: the process-wide default_conversation set by train())."""
+    if template is None:
+        return conversation_lib.default_conversation.copy()
+    if isinstance(template, Conversation):
+        return template.copy()
+    return conversation_lib.get_conv_template(template)
+
+
+def preprocess_multimodal(sources: Sequence[Turns], data_args, template: Union[str, Conversation, None] = None
+                          ) -> Sequence[Turns]:
+    """Put "<image>" at the start of its turn followed by a newline, wrapped as the model expects (in place).
+
+    mm_use_im_start_end makes it "<im_start><image><im_end>"; mmtag templates wrap that in <Image>...</Image>.
+    """
+    if not data_args.is_multimodal:
+        return sources
+    version = resolve_template(template if template is not None else data_args.conv_version).version
+    image = DEFAULT_IMAGE_TOKEN
+    if getattr(data_args, "mm_use_im_start_end", False):
+        image = DEFAULT_IM_START_TOKEN + image + DEFAULT_IM_END_TOKEN
+    if "mmtag" in version:
+        image = "<Image>" + image + "</Image>"
+    for source in sources:
+        for turn in source:
+            if DEFAULT_IMAGE_TOKEN in turn["value"]:
+                text = turn["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+                turn["value"] = (image + "\n" + text).strip()
+    return sources
+
+
+def conversation_parts(source: Turns, conv: Conversation) -> List[PromptPart]:
+    """The training prompt of one conversation as (text, supervised) parts.
+
+    "plain" (pretraining) is image + caption + separator, the human text dropped, only the caption
+    (with its separator) supervised. Other templates use the template's own rendering: assistant answers
+    and the separator closing each answer are supervised.
+    """
+    if conv.sep_style == SeparatorStyle.PLAIN:
+        if len(source) != 2 or DEFAULT_IMAGE_TOKEN not in source[0]["value"]:
+            raise ValueError("the 'plain' template needs exactly two turns: "
+                             "a human turn with <image> and a gpt caption")
+        return [(DEFAULT_IMAGE_TOKEN, False), (source[1]["value"] + conv.sep, True)]
+    conv = conv.copy()
+    conv.messages = []
+    for j, turn in enumerate(source):
+        if turn["from"] != ROLES[j % 2]:
+            raise ValueError(f"turn {j} is from {turn['from']!r}; turns must alternate human/gpt starting with human")
+        conv.append_message(conv.roles[j % 2], turn["value"])
+    return conv.get_prompt_parts()
+
+
+# ----------------------------------------------------------------------------------------------- masking
+
+def _encode_texts(texts: List[str], tokenizer, has_image: bool) -> List[List[int]]:
+    if has_image:
+        return tokenizer_image_token_batch(texts, tokenizer)
+    return [list(ids) for ids in tokenizer(texts).input_ids]
+
+
+def encode_parts(parts: Sequence[PromptPart], tokenizer, has_image: bool) -> Encoded:
+    """Tokenize the prompt made of parts and label the tokens of supervised parts (see module docstring).
+
+    Image placeholders are never supervised. The result is truncated to tokenizer.model_max_length.
+    """
+    spans: List[List[Any]] = []
+    for text, supervised in parts:
+        if spans and spans[-1][1] == supervised:
+            spans[-1][0] += text
+        elif text:
+            spans.append([text, supervised])
+    if not spans:
+        spans = [["", False]]
+    prompt = "".join(text for text, _ in spans)
+    cuts, position = [], 0
+    for text, _ in spans[:-1]:
+        position += len(text)
+        cuts.append(position)
+    encoded = _encode_texts([prompt[:cut] for cut in cuts] + [prompt], tokenizer, has_image)
+    full = encoded[-1]
+    aligned = all(full[:len(prefix)] == prefix for prefix in encoded[:-1])
+    input_ids = torch.tensor(full, dtype=torch.long)
+    if aligned:
+        # Token t belongs to the span whose end (exclusive) is the first one greater than t.
+        ends = torch.tensor([len(prefix) for prefix in encoded[:-1]] + [len(full)], dtype=torch.long)
+        span_of_token = torch.searchsorted(ends, torch.arange(len(full)), right=True)
+        flags = torch.tensor([supervised for _, supervised in spans], dtype=torch.bool)
+        supervised_mask = flags[span_of_token] & input_ids.ne(IMAGE_TOKEN_INDEX)
+        labels = torch.where(supervised_mask, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    else:
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+    max_length = tokenizer.model_max_length
+    return Encoded(input_ids[:max_length], labels[:max_length], aligned)
+
+
+def encode_conversation(source: Turns, tokenizer, template: Union[str, Conversation, None], has_image: bool) -> Encoded:
+    """Token ids and labels of one (already multimodal-preprocessed) conversation."""
+    return encode_parts(conversation_parts(source, resolve_template(template)), tokenizer, has_image)
+
+
+def _warn_mismatch(sample: str, encoded: Encoded) -> None:
+    logger.warning("tokenization mismatch in sample %s (%d tokens): label boundaries could not be verified, "
+                   "its labels are all ignored", sample, len(encoded.input_ids))
+
+
+def preprocess(sources: Sequence[Turns], tokenizer, template: Union[str, Conversation, None] = None,
+               has_image: bool = False, sample_ids: Optional[Sequence[Any]] = None) -> Dict[str, List[torch.Tensor]]:
+    """input_ids and labels (lists of 1-D LongTensors) for conversations, supervising only the answers.
+
+    A conversation whose label boundaries cannot be verified gets all labels IGNORE_INDEX and a warning.
+    """
+    conv = resolve_template(template)
+    result: Dict[str, List[torch.Tensor]] = {"input_ids": [], "labels": []}
+    for k, source in enumerate(sources):
+        encoded = encode_conversation(source, tokenizer, conv, has_image)
+        if not encoded.aligned:
+            _warn_mismatch(repr(sample_ids[k]) if sample_ids is not None else f"#{k}", encoded)
+        result["input_ids"].append(encoded.input_ids)
+        result["labels"].append(encoded.labels)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+def _sample_name(record: Any, index: int) -> str:
+    if isinstance(record, dict) and "id" in record:
+        return f"index {index} (id {record['id']!r})"
+    return f"index {index}"
+
+
+def _load_records(data_path: str) -> List[Any]:
+    if not data_path:
+        raise ValueError("data_path is not set: pass --data_path with a LLaVA JSON list")
+    try:
+        with open(data_path, "r", encoding="utf-8") as handle:
+            records = json.load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data file {data_path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"data file {data_path} is not valid JSON: {exc}") from exc
+    if not isinstance(records, list):
+        raise ValueError(f"data file {data_path} must hold a JSON list of samples, got {type(records).__name__}")
+    return records
+
+
+def _structure_problem(record: Any, plain: bool, multimodal: bool) -> Optional[str]:
+    """What is wrong with one record's structure, or None when it is well formed."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        return "missing or empty 'conversations' list"
+    for j, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            return f"turn {j} needs 'from' and 'value'"
+        if not isinstance(turn["value"], str):
+            return f"turn {j} 'value' must be a string, got {type(turn['value']).__name__}"
+        if turn["from"] != ROLES[j % 2]:
+            return f"turn {j} is from {turn['from']!r}; turns must alternate human/gpt starting with human"
+    image_turns = [j for j, turn in enumerate(turns) if DEFAULT_IMAGE_TOKEN in turn["value"]]
+    n_images = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
+    if "image" in record:
+        if not isinstance(record["image"], str) or not record["image"]:
+            return f"'image' must be a non-empty file path string, got {record['image']!r}"
+        if not multimodal:
+            return "has an 'image' but the model is not multimodal (data_args.is_multimodal is False)"
+        if n_images != 1:
+            return f"has an 'image' but {n_images} '<image>' placeholders in its turns (need exactly 1)"
+        if image_turns[0] % 2 != 0:
+            return f"'<image>' is in turn {image_turns[0]}, a gpt turn; it must be in a human turn"
+    elif n_images:
+        return f"has {n_images} '<image>' placeholder(s) but no 'image' file"
+    if plain and (len(turns) != 2 or "image" not in record):
+        return "the 'plain' template needs an 'image' and exactly two turns (human with <image>, gpt caption)"
+    return None
+
+
+class LazySupervisedDataset(Dataset):
+    """LLaVA-format JSON samples, tokenized and (for image samples) loaded lazily in __getitem__.
+
+    Items: input_ids and labels (1-D LongTensors), plus for a multimodal model an image [3, H, W]
+    (anyres: [n_views, 3, H, W] and image_size (width, height)). A text-only sample in a multimodal
+    dataset gets an all-zero image so every sample carries one; its text has no image token, so the
+    model never uses it.
+    """
+
+    def __init__(self, data_path: str, tokenizer, data_args, max_mismatch_fraction: Optional[float] = None,
+                 eager_check_samples: int = EAGER_CHECK_SAMPLES):
+        super().__init__()
+        self.data_path = data_path
+        self.tokenizer = tokenizer
+        self.data_args = data_args
+        self.conv = resolve_template(data_args.conv_version)
+        if max_mismatch_fraction is None:
+            max_mismatch_fraction = getattr(data_args, "max_mismatch_fraction", DEFAULT_MAX_MISMATCH_FRACTION)
+        self.max_mismatch_fraction = float(max_mismatch_fraction)
+        self.records = _load_records(data_path)
+        self._check_settings()
+        self._check_structure()
+        self.seen = 0
+        self.mismatched = 0
+        self._check_alignment(eager_check_samples)
+        words = [sum(len(turn["value"].split()) for turn in record["conversations"]) for record in self.records]
+        has_image = ["image" in record for record in self.records]
+        self._lengths = [n + (IMAGE_LENGTH_ESTIMATE if img else 0) for n, img in zip(words, has_image)]
+        self._modality_lengths = [n if img else -n for n, img in zip(words, has_image)]
+
+    # -- construction checks
+
+    def _check_settings(self) -> None:
+        args = self.data_args
+        if args.image_aspect_ratio not in ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio {args.image_aspect_ratio!r} is not one of {ASPECT_RATIOS}")
+        if args.image_aspect_ratio == "anyres" and not args.image_grid_pinpoints:
+            raise ValueError("image_aspect_ratio 'anyres' needs image_grid_pinpoints")
+        if args.is_multimodal and getattr(args, "image_processor", None) is None:
+            raise ValueError("data_args.is_multimodal is True but data_args.image_processor is not set")
+
+    def _check_structure(self) -> None:
+        plain = self.conv.sep_style == SeparatorStyle.PLAIN
+        for index, record in enumerate(self.records):
+            problem = _structure_problem(record, plain, bool(self.data_args.is_multimodal))
+            if problem is not None:
+                raise ValueError(f"{self.data_path}: sample {_sample_name(record, index)}: {problem}")
+
+    def _check_alignment(self, n_samples: int) -> None:
+        """Tokenize (text only) up to n_samples evenly spread samples and fail if too many are misaligned."""
+        total = len(self.records)
+        count = min(n_samples, total)
+        if count == 0:
+            return
+        indices = sorted({round(k * (total - 1) / max(count - 1, 1)) for k in range(count)})
+        bad = [index for index in indices if not self._encode(index).aligned]
+        for index in bad:
+            _warn_mismatch(_sample_name(self.records[index], index), self._encode(index))
+        if len(bad) > self.max_mismatch_fraction * len(indices):
+            names = ", ".join(_sample_name(self.records[i], i) for i in bad[:5])
+            raise ValueError(
+                f"{self.data_path}: {len(bad)} of {len(indices)} checked samples do not tokenize consistently with "
+                f"template {self.conv.version!r} (over the {self.max_mismatch_fraction:.1%} limit), e.g. {names}; "
+                f"check --version against the tokenizer"
+            )
+
+    # -- sizes for the length-grouped sampler
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def lengths(self) -> List[int]:
+        """Estimated length per sample (words, plus an allowance for the image)."""
+        return list(self._lengths)
+
+    @property
+    def modality_lengths(self) -> List[int]:
+        """Estimated text length per sample, negative for text-only samples (groups batches by modality)."""
+        return list(self._modality_lengths)
+
+    # -- items
+
+    def _encode(self, index: int) -> Encoded:
+        record = self.records[index]
+        turns = [dict(turn) for turn in record["conversations"]]
+        preprocess_multimodal([turns], self.data_args, self.conv)
+        return encode_conversation(turns, self.tokenizer, self.conv, has_image="image" in record)
+
+    def _count(self, index: int, encoded: Encoded) -> None:
+        self.seen += 1
+        if encoded.aligned:
+            return
+        self.mismatched += 1
+        name = _sample_name(self.records[index], index)
+        _warn_mismatch(name, encoded)
+        if self.mismatched > self.max_mismatch_fraction * max(self.seen, RUNNING_CHECK_MIN_SAMPLES):
+            raise ValueError(
+                f"{self.data_path}: {self.mismatched} of {self.seen} samples read so far have a tokenization "
+                f"mismatch (over the {self.max_mismatch_fraction:.1%} limit); latest: sample {name}"
+            )
+
+    def _load_image(self, index: int) -> Image.Image:
+        record = self.records[index]
+        folder = self.data_args.image_folder
+        path = os.path.join(folder, record["image"]) if folder else record["image"]
+        name = _sample_name(record, index)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file {path} of sample {name} does not exist")
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"cannot read image file {path} of sample {name}: {exc}") from None
+
+    def _zero_image(self) -> Dict[str, Any]:
+        crop = self.data_args.image_processor.crop_size
+        height, width = int(crop["height"]), int(crop["width"])
+        if self.data_args.image_aspect_ratio == "anyres":
+            return {"image": torch.zeros(1, 3, height, width), "image_size": (width, height)}
+        return {"image": torch.zeros(3, height, width)}
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        record = self.records[index]
+        item: Dict[str, Any] = {}
+        if "image" in record:
+            image = self._load_image(index)
+            item["image"] = process_images([image], self.data_args.image_processor, self.data_args)[0]
+            if self.data_args.image_aspect_ratio == "anyres":
+                item["image_size"] = image.size
+        elif self.data_args.is_multimodal:
+            item.update(self._zero_image())
+        encoded = self._encode(index)
+        self._count(index, encoded)
+        return {"input_ids": encoded.input_ids, "labels": encoded.labels, **item}
+
+
+# ----------------------------------------------------------------------------------------------- batches
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Right-pads a list of samples into a batch: input_ids, labels, attention_mask, images, image_sizes."""
+
+    tokenizer: Any
+
+    def __call__(self, instances: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            raise ValueError("tokenizer has no pad token; set tokenizer.pad_token "
+                             "(train() uses the unk token for v1/plain)")
+        max_length = self.tokenizer.model_max_length
+        input_ids = [instance["input_ids"][:max_length] for instance in instances]
+        labels = [instance["labels"][:max_length] for instance in instances]
+        lengths = torch.tensor([len(ids) for ids in input_ids], dtype=torch.long)
+        padded_ids = torch.nn.utils.rnn.pad_sequence(input_ids, batch_first=True, padding_value=pad_id)
+        batch: Dict[str, Any] = {
+            "input_ids": padded_ids,
+            "labels": torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+            "attention_mask": torch.arange(padded_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1),
+        }
+        with_image = ["image" in instance for instance in instances]
+        if any(with_image):
+            if not all(with_image):
+                raise ValueError("batch mixes samples with and without 'image'; "
+                                 "a multimodal dataset gives every sample one")
+            images = [instance["image"] for instance in instances]
+            same_shape = all(image.shape == images[0].shape for image in images)
+            batch["images"] = torch.stack(images) if same_shape else images
+        if any("image_size" in instance for instance in instances):
+            batch["image_sizes"] = [instance.get("image_size") for instance in instances]
+        return batch
+
+
+def make_supervised_data_module(tokenizer, data_args) -> Dict[str, Any]:
+    """Training dataset and collator for the Trainer (no eval split, as upstream)."""
+    return {
+        "train_dataset": LazySupervisedDataset(data_path=data_args.data_path, tokenizer=tokenizer, data_args=data_args),
+        "eval_dataset": None,
+        "data_collator": DataCollatorForSupervisedDataset(tokenizer=tokenizer),
+    }

@@ -1,0 +1,54 @@
+"""Two-process DeepSpeed runs on CPU (gloo), launched with torchrun exactly as the scripts launch them."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train_e2e import lora_args, pretrain_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list, timeout: int = 420) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(REPO / "llava/train/train_mem.py")] + args
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def zero2_pretrain(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds_pretrain")
+    torchrun(pretrain_args(tiny_world, out, steps=3, save_steps=2) + ["--deepspeed", str(REPO / "scripts/zero2.json")])
+    return out
+
+
+def test_zero2_pretraining_two_processes(zero2_pretrain):
+    weights = torch.load(zero2_pretrain / "mm_projector.bin", weights_only=True)
+    assert set(weights) == {"model.mm_projector.0.weight", "model.mm_projector.0.bias",
+                            "model.mm_projector.2.weight", "model.mm_projector.2.bias"}
+    assert (zero2_pretrain / "checkpoint-2" / "mm_projector.bin").is_file()
+
+
+def test_zero3_lora_two_processes(tiny_world, zero2_pretrain, tmp_path):
+    out = tmp_path / "ds_lora"
+    proc = torchrun(lora_args(tiny_world, out, zero2_pretrain / "mm_projector.bin", steps=3, save_steps=2)
+                    + ["--deepspeed", str(REPO / "scripts/zero3.json")])
+    assert "'train_runtime'" in proc.stdout or "train_runtime" in proc.stdout + proc.stderr
+    for d in (out, out / "checkpoint-2"):
+        assert (d / "non_lora_trainables.bin").is_file() and (d / "adapter_config.json").is_file(), d
+    weights = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    w = weights["base_model.model.model.mm_projector.0.weight"]
+    assert w.ndim == 2 and w.numel() > 0  # gathered whole from the ZeRO-3 partitions
