@@ -4,7 +4,15 @@ from .distill import IGNORE_INDEX, answer_positions, distill_kl, gather_answer_h
 from .modes import is_slow_step, step_seed, step_uniform
 from .pruners import available_pruners, gather_kept, get_pruner, prune_indices, register_pruner
 
+
+def apply(arch_module=None) -> None:
+    """Patch LLaVA (default: the installed `llava` package) for DualSpeed; see `dualspeed_patch.patch`."""
+    from .patch import apply as _apply
+
+    _apply(arch_module)
+
 __all__ = [
+    "apply",
     "DualSpeedArguments",
     "IGNORE_INDEX",
     "answer_positions",

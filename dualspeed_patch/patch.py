@@ -227,3 +227,17 @@ def apply(arch_module=None) -> None:
         own = cls.__dict__.get("forward")
         if own is not None and not getattr(own, _PATCHED, False):
             cls.forward = wrap_forward(own)
+
+
+def remove(arch_module=None) -> None:
+    """Undo `apply()` (restores LLaVA's own methods)."""
+    if arch_module is None:
+        import llava.model.llava_arch as arch_module
+    meta = arch_module.LlavaMetaForCausalLM
+    current = meta.prepare_inputs_labels_for_multimodal
+    if getattr(current, _PATCHED, False):
+        meta.prepare_inputs_labels_for_multimodal = current.__wrapped__
+    for cls in _subclasses(meta):
+        own = cls.__dict__.get("forward")
+        if own is not None and getattr(own, _PATCHED, False):
+            cls.forward = own.__wrapped__

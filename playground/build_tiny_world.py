@@ -5,7 +5,8 @@ Everything the test-suite and the smoke runs need, created offline and determini
 * ``models/tiny-llama/``  SentencePiece tokenizer trained on the synthetic corpus + a small
   ``LlamaForCausalLM`` briefly LM-trained on that text so it behaves like a pretrained base.
 * ``models/tiny-clip/``   a small full ``CLIPModel`` (vision + text towers), its image processor
-  and a CLIP-style BPE tokenizer for the text tower, briefly contrastively trained on captions.
+  and a CLIP-style BPE tokenizer for the text tower; randomly initialised by default
+  (``clip_steps > 0`` adds a short contrastive training on the captions).
 * ``images/{pretrain,sft,eval}/*.png``  scenes of 1-4 coloured shapes on a 3x3 grid.
 * ``pretrain.json`` / ``sft.json``  LLaVA-Pretrain / mix665k formatted data (image folder: ``images/``).
 * ``eval/questions.jsonl`` / ``eval/answers_key.jsonl``  held-out short-answer questions.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -28,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -226,10 +229,12 @@ def caption(scene: Scene) -> str:
     return body + "."
 
 
-def ask(scene: Scene, category: str, rng: random.Random) -> tuple[str, str, str]:
+def ask(scene: Scene, category: str, rng: random.Random,
+        present: bool | None = None) -> tuple[str, str, str]:
     """A question of ``category`` about ``scene``: (question, short answer, sentence answer).
 
-    The short answer is lower-case and is exactly what the eval key stores.
+    The short answer is lower-case and is exactly what the eval key stores. ``present`` forces
+    the answer of a presence question (None: yes or no with equal probability).
     """
     template = rng.choice(QUESTION_TEMPLATES[category])
     if category == "color":
@@ -242,13 +247,14 @@ def ask(scene: Scene, category: str, rng: random.Random) -> tuple[str, str, str]
         long = "There is 1 shape." if n == 1 else f"There are {n} shapes."
         return template, str(n), long
     if category == "presence":
-        present = {(it["color"], it["shape"]) for it in scene}
-        if rng.random() < 0.5:
+        if present is None:
+            present = rng.random() < 0.5
+        if present:
             item = rng.choice(scene)
             color, shape = item["color"], item["shape"]
             return (template.format(color=color, shape=shape), "yes",
                     f"Yes, there is a {color} {shape} {position_phrase(item['cell'])}.")
-        color, shape = absent_combo(scene, present, rng)
+        color, shape = absent_combo(scene, rng)
         return (template.format(color=color, shape=shape), "no",
                 f"No, there is no {color} {shape} in the image.")
     if category == "position":
@@ -259,9 +265,10 @@ def ask(scene: Scene, category: str, rng: random.Random) -> tuple[str, str, str]
     raise ValueError(f"unknown question category {category!r}; expected one of {CATEGORIES}")
 
 
-def absent_combo(scene: Scene, present: set, rng: random.Random) -> tuple[str, str]:
+def absent_combo(scene: Scene, rng: random.Random) -> tuple[str, str]:
     """A (color, shape) pair not in the scene, sharing a colour or shape with one that is
     (a hard negative), so that 'no' cannot be answered from colour or shape alone."""
+    present = {(it["color"], it["shape"]) for it in scene}
     absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
     colors = {c for c, _ in present}
     shapes = {s for _, s in present}
@@ -295,12 +302,13 @@ def pretrain_records(scenes: list[tuple[str, Scene]]) -> list[dict]:
 
 
 def sft_visual_record(idx: int, image: str, scene: Scene, params: WorldParams, rng: random.Random) -> dict:
-    """mix665k-style multi-turn record (1-3 turns) about one image; the image is in turn one only."""
+    """mix665k-style record of 1-3 turns (distinct question types) about one image; the image
+    placeholder is in the first turn only, before or after the question."""
     short = rng.random() < params.short_answer_ratio
     image_first = rng.random() < 0.5
     turns = []
-    for t in range(rng.randint(1, 3)):
-        question, answer, long = ask(scene, rng.choice(CATEGORIES), rng)
+    for t, category in enumerate(rng.sample(CATEGORIES, rng.randint(1, 3))):
+        question, answer, long = ask(scene, category, rng)
         if short:
             question, reply = f"{question}\n{SHORT_ANSWER_PROMPT}", short_form(answer)
         else:
@@ -338,14 +346,16 @@ def sft_text_record(idx: int, params: WorldParams, rng: random.Random) -> dict:
 
 
 def eval_records(scenes: list[tuple[str, Scene]], rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """One question per held-out image, categories cycled so they are balanced.
+    """One question per held-out image, categories cycled so they are balanced, presence
+    answers alternating yes/no so that always answering 'yes' scores exactly chance.
 
     Returns (question-file rows, key rows); the key carries the answer choices (for chance level).
     """
     questions, key = [], []
     for qid, (image, scene) in enumerate(scenes):
-        category = CATEGORIES[qid % len(CATEGORIES)]
-        question, answer, _ = ask(scene, category, rng)
+        rnd, slot = divmod(qid, len(CATEGORIES))
+        category = CATEGORIES[slot]
+        question, answer, _ = ask(scene, category, rng, present=rnd % 2 == 0)
         questions.append({"question_id": qid, "image": image,
                           "text": f"{question}\n{SHORT_ANSWER_PROMPT}", "category": category})
         key.append({"question_id": qid, "answer": answer, "category": category,
@@ -454,7 +464,7 @@ def tokenizer_sentences(seed: int) -> list[str]:
     lines += [" ".join(NUMBER_WORDS), " ".join(str(i) for i in range(100))]
     for templates in QUESTION_TEMPLATES.values():
         lines += [t.format(pos=pos, color=c, shape=s)
-                  for t in templates for pos in POSITIONS for c in COLORS for s in SHAPES][:: 7]
+                  for t in templates for pos in POSITIONS for c in COLORS for s in SHAPES][::7]
     for choices in ANSWER_CHOICES.values():
         lines += [" ".join(choices), " ".join(short_form(c) for c in choices)]
     return lines
@@ -563,40 +573,78 @@ def drop_pieces(model_proto: bytes, pieces: set[str]) -> bytes:
 CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 
 
-def train_clip_tokenizer(sentences: list[str], vocab_size: int, model_dir: Path) -> dict[str, int]:
-    """Train a CLIP-style byte-level BPE ('</w>' word ends, lower-cased) for the text tower.
+def clip_word_counts(sentences: list[str]) -> Counter:
+    """Frequencies of the words as CLIP's tokenizer sees them: NFC, lower-cased, split into
+    letter runs / single digits / punctuation runs, mapped to byte-level characters."""
+    from tokenizers import Regex, normalizers, pre_tokenizers
 
-    Layout like OpenAI's: 256 byte symbols, the same with '</w>', merges, then the two specials.
-    Returns {"vocab_size", "bos_token_id", "eos_token_id"} for the text config.
-    """
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import CLIPTokenizer
-
-    n_merges = vocab_size - 2 * 256 - len(CLIP_SPECIALS)
-    if n_merges < 1:
-        raise ValueError(f"clip_vocab_size={vocab_size} must exceed {2 * 256 + len(CLIP_SPECIALS)}")
     words = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-    backend = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    backend.normalizer = normalizers.Sequence(
+    normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
+    splitter = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(words), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=4 * vocab_size, initial_alphabet=alphabet,
-                                  end_of_word_suffix="</w>", show_progress=False)
-    backend.train_from_iterator(sentences, trainer)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(backend.to_str())["model"]["merges"]][:n_merges]
-    if len(merges) < n_merges:
-        raise RuntimeError(f"CLIP tokenizer corpus only supports {len(merges)} merges, "
-                           f"clip_vocab_size={vocab_size} needs {n_merges}")
-    bases = sorted(alphabet)
-    tokens = bases + [b + "</w>" for b in bases] + [a + b for a, b in merges] + list(CLIP_SPECIALS)
+    counts: Counter = Counter()
+    for sentence in sentences:
+        counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(sentence)))
+    return counts
+
+
+def learn_bpe_merges(word_counts: Counter, n_tokens: int) -> list[tuple[str, str]]:
+    """Greedy BPE with '</w>' word ends: merge the most frequent adjacent pair (ties broken by
+    the pair's text, so the result is deterministic) until ``n_tokens`` new symbols exist."""
+    words = {tuple(w[:-1]) + (w[-1] + "</w>",): c for w, c in sorted(word_counts.items())}
+    merges: list[tuple[str, str]] = []
+    created: set[str] = set()
+    while len(created) < n_tokens:
+        pairs: Counter = Counter()
+        for symbols, count in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            raise RuntimeError(f"CLIP tokenizer corpus only supports {len(created)} merged symbols, "
+                               f"{n_tokens} requested (lower clip_vocab_size)")
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        created.add(best[0] + best[1])
+        words = {merge_pair(symbols, best): count for symbols, count in words.items()}
+    return merges
+
+
+def merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    """``symbols`` with every non-overlapping occurrence of ``pair`` (left to right) fused."""
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
+
+
+def train_clip_tokenizer(sentences: list[str], vocab_size: int, model_dir: Path) -> dict[str, int]:
+    """Train a CLIP-style byte-level BPE ('</w>' word ends, lower-cased) for the text tower.
+
+    Layout like OpenAI's: 256 byte symbols, the same with '</w>', merged symbols, then the two
+    specials. Returns {"vocab_size", "bos_token_id", "eos_token_id"} for the text config.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    n_new = vocab_size - 2 * 256 - len(CLIP_SPECIALS)
+    if n_new < 1:
+        raise ValueError(f"clip_vocab_size={vocab_size} must exceed {2 * 256 + len(CLIP_SPECIALS)}")
+    merges = learn_bpe_merges(clip_word_counts(sentences), n_new)
+    bases = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = bases + [b + "</w>" for b in bases]
+    tokens += list(dict.fromkeys(a + b for a, b in merges)) + list(CLIP_SPECIALS)
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != vocab_size:
-        raise RuntimeError(f"CLIP tokenizer vocabulary has duplicate entries ({len(vocab)} != {vocab_size})")
+        raise RuntimeError(f"CLIP tokenizer vocabulary has {len(vocab)} entries, expected {vocab_size}")
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     tokenizer.save_pretrained(str(model_dir))
     (model_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -854,6 +902,19 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def lock_path(root: Path) -> Path:
+    """Lock file for builders of ``root``; kept in the temp dir so the repository stays clean."""
+    digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"tiny-world-{digest}.lock"
+
+
+def remove_leftovers(root: Path) -> None:
+    """Delete staging/old directories that a killed builder left next to ``root`` (lock held)."""
+    for stale in root.parent.glob(f".{root.name}.*-*"):
+        if stale.is_dir() and (".build-" in stale.name or ".old-" in stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def ensure_built(root: Path = DEFAULT_ROOT, *, force: bool = False, **params: Any) -> Path:
     """Return ``root`` holding a tiny world built with ``params``, building it only if missing,
     of an older format version, built with other params, or ``force`` is set.
@@ -866,9 +927,10 @@ def ensure_built(root: Path = DEFAULT_ROOT, *, force: bool = False, **params: An
     if not force and is_current(root, wanted):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(root.parent / f".{root.name}.lock"):
+    with exclusive_lock(lock_path(root)):
         if not force and is_current(root, wanted):
             return root
+        remove_leftovers(root)
         log(f"building into {root} with {asdict(wanted)}")
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
         try:

@@ -221,8 +221,9 @@ def test_eval_files_are_balanced_and_in_llava_question_format(tiny_world, manife
         assert q["category"] == k["category"] and k["answer"] in k["choices"]
     per_cat = {c: sum(k["category"] == c for k in key) for c in ("color", "count", "presence", "position")}
     assert per_cat == {"color": 75, "count": 75, "presence": 75, "position": 75}
-    yes = sum(k["answer"] == "yes" for k in key)
-    assert 25 < yes < 50
+    presence = [k["answer"] for k in key if k["category"] == "presence"]
+    assert presence[:4] == ["yes", "no", "yes", "no"]
+    assert (presence.count("yes"), presence.count("no")) == (38, 37)
 
 
 COLOR_RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 230),
@@ -284,7 +285,8 @@ def test_small_build_waits_for_lock_and_honours_image_size(tmp_path, tiny_llm_pa
     root = tmp_path / "world"
     small = dict(image_size=32, patch_size=8, n_pretrain=8, n_sft=20, n_eval=8, lm_steps=2)
     done = []
-    with tw.exclusive_lock(tmp_path / ".world.lock"):
+    (tmp_path / ".world.build-killed").mkdir()  # left over by a builder that died
+    with tw.exclusive_lock(tw.lock_path(root)):
         worker = threading.Thread(target=lambda: done.append(tw.ensure_built(root, **small)))
         worker.start()
         time.sleep(1.0)
@@ -293,13 +295,15 @@ def test_small_build_waits_for_lock_and_honours_image_size(tmp_path, tiny_llm_pa
     assert done == [root.resolve()]
     manifest = json.loads((root / "world.json").read_text())
     assert manifest["counts"] == {"pretrain": 8, "sft": 20, "sft_text_only": 1, "eval_questions": 8, "images": 35}
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".world.build")] == []
+    assert [p.name for p in tmp_path.iterdir()] == ["world"]
     assert Image.open(root / "images" / "pretrain" / "000000.png").size == (32, 32)
     vision = transformers.CLIPVisionModel.from_pretrained(str(root / "models" / "tiny-clip"))
     assert vision(pixel_values=torch.zeros(1, 3, 32, 32)).last_hidden_state.shape == (1, 17, 128)
-    # the tokenizer depends only on seed and vocab size: byte-identical to the default world's
+    # the tokenizers depend only on seed and vocab sizes: byte-identical to the default world's
     assert (root / "models" / "tiny-llama" / "tokenizer.model").read_bytes() == \
         (tiny_llm_path / "tokenizer.model").read_bytes()
+    assert (root / "models" / "tiny-clip" / "vocab.json").read_bytes() == \
+        (tiny_llm_path.parent / "tiny-clip" / "vocab.json").read_bytes()
 
 
 # ---------------------------------------------------------------- scorer

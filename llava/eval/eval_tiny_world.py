@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def _summary(correct: int, total: int, chances: list[float | None]) -> dict[str,
     known = [c for c in chances if c is not None]
     return {"correct": correct, "total": total,
             "accuracy": correct / total if total else 0.0,
-            "chance": sum(known) / len(known) if known and len(known) == len(chances) else None}
+            "chance": math.fsum(known) / len(known) if known and len(known) == len(chances) else None}
 
 
 def score(answers: list[dict], key: list[dict]) -> dict:

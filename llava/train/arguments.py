@@ -62,3 +62,19 @@ class TrainingArguments(transformers.TrainingArguments):
     attn_implementation: Optional[str] = field(
         default=None, metadata={"help": "flash_attention_2 | sdpa | eager; default: flash_attention_2 if installed, else sdpa."}
     )
+    # Flags LLaVA scripts pass that transformers 5 renamed; accepted and mapped onto the new names.
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Warm-up as a fraction of training steps (transformers 5: --warmup_steps < 1)."}
+    )
+    evaluation_strategy: Optional[str] = field(default=None, metadata={"help": "Old name of --eval_strategy."})
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if self.warmup_steps:
+                raise ValueError("pass either --warmup_ratio or --warmup_steps, not both")
+            self.warmup_steps = self.warmup_ratio
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        super().__post_init__()

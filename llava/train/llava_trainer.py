@@ -184,6 +184,13 @@ class LLaVATrainer(transformers.Trainer):
       and resuming restores them after the adapter.
     """
 
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Trainer.log plus the metrics of callbacks that offer them (`pop_metrics()`, e.g. DualSpeed's loss terms)."""
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "pop_metrics"):
+                logs.update(callback.pop_metrics())
+        super().log(logs, *args, **kwargs)
+
     def _get_train_sampler(self, train_dataset=None) -> Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not getattr(self.args, "group_by_modality_length", False) or dataset is None or not has_length(dataset):
