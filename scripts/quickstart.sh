@@ -17,10 +17,10 @@ export MODEL="$WORLD/models/tiny-llama" VISION_TOWER="$WORLD/models/tiny-clip" I
 export NUM_GPUS="${NUM_GPUS:-2}" BF16=False TF32=False GRADIENT_CHECKPOINTING=False NUM_WORKERS=0 REPORT_TO=none
 
 DATA_PATH="$WORLD/pretrain.json" OUTPUT_DIR="$RUN/pretrain" GLOBAL_BATCH=32 PER_DEVICE_BATCH=16 \
-    bash scripts/v1_5/pretrain.sh --logging_steps 10
+    bash scripts/v1_5/pretrain_dualspeed.sh --logging_steps 10
 
 DATA_PATH="$WORLD/sft.json" PRETRAIN_DIR="$RUN/pretrain" OUTPUT_DIR="$RUN/llava-lora" GLOBAL_BATCH=16 PER_DEVICE_BATCH=8 \
-    bash scripts/v1_5/finetune_lora.sh --logging_steps 10 --learning_rate 1e-3 --mm_projector_lr 1e-3
+    bash scripts/v1_5/finetune_lora_dualspeed.sh --logging_steps 10 --learning_rate 1e-3 --mm_projector_lr 1e-3
 
 python -m llava.eval.model_vqa_loader --model-path "$RUN/llava-lora" --model-base "$MODEL" \
     --image-folder "$WORLD/images" --question-file "$WORLD/eval/questions.jsonl" \

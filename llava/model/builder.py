@@ -112,9 +112,18 @@ def load_pretrained_model(
     return tokenizer, model, vision_tower.image_processor, _context_len(model)
 
 
+# Trainable weights that only matter during training (or to an opt-in evaluation mode) and are not part of a plain
+# LLaVA model: the DualSpeed mode isolator. Loading skips them, saying so.
+TRAINING_ONLY_KEYS = ("mode_isolator",)
+
+
 def _load_partial(model, weights: dict, source: str) -> None:
-    """Load a subset of the weights; every key in the file must exist in the model (nothing silently dropped)."""
-    _, unexpected = model.load_state_dict(weights, strict=False)
+    """Load a subset of the weights; every other key in the file must exist in the model (nothing silently dropped)."""
+    model_keys = set(model.state_dict())
+    skipped = [k for k in weights if k not in model_keys and any(t in k for t in TRAINING_ONLY_KEYS)]
+    if skipped:
+        print(f"{source}: not loading training-only weights {skipped} (plain LLaVA inference does not use them)")
+    _, unexpected = model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
     if unexpected:
         raise ValueError(f"{source}: keys not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
 

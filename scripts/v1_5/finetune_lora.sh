@@ -18,7 +18,7 @@ TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
 
 $LAUNCHER ${TRAIN_ENTRY} \
     --lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 \
-    --deepspeed ./scripts/zero3.json \
+    --deepspeed "${ZERO_CONFIG:-./scripts/zero3.json}" \
     --model_name_or_path "$MODEL" \
     --version v1 \
     --data_path "$DATA_PATH" \

@@ -16,7 +16,7 @@ GRAD_ACCUM="$(grad_accum_for "$GLOBAL_BATCH" "$PER_DEVICE_BATCH")"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
 
 $LAUNCHER ${TRAIN_ENTRY} \
-    --deepspeed ./scripts/zero2.json \
+    --deepspeed "${ZERO_CONFIG:-./scripts/zero2.json}" \
     --model_name_or_path "$MODEL" \
     --version plain \
     --data_path "$DATA_PATH" \
