@@ -1,4 +1,5 @@
 """Two-process DeepSpeed runs on CPU (gloo), launched with torchrun exactly as the scripts launch them."""
+import json
 import os
 import socket
 import subprocess
@@ -19,10 +20,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list, timeout: int = 420) -> subprocess.CompletedProcess:
+def torchrun(args: list, timeout: int = 420, entry: str = "llava/train/train_mem.py") -> subprocess.CompletedProcess:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(REPO / "llava/train/train_mem.py")] + args
+           str(REPO / entry)] + args
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -52,3 +53,38 @@ def test_zero3_lora_two_processes(tiny_world, zero2_pretrain, tmp_path):
     weights = torch.load(out / "non_lora_trainables.bin", weights_only=True)
     w = weights["base_model.model.model.mm_projector.0.weight"]
     assert w.ndim == 2 and w.numel() > 0  # gathered whole from the ZeRO-3 partitions
+
+
+DUALSPEED = ["--dualspeed", "True", "--pruning_ratio", "0.9", "--mode_isolator_len", "4", "--vtp_method", "divprune"]
+
+
+@pytest.fixture(scope="module")
+def dualspeed_pretrain(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds_dualspeed_pretrain")
+    torchrun(pretrain_args(tiny_world, out, steps=3, save_steps=2) + DUALSPEED
+             + ["--deepspeed", str(REPO / "scripts/zero2.json")], entry="dualspeed_patch/train_mem.py")
+    return out
+
+
+def test_dualspeed_zero2_pretraining_writes_projector_and_isolator(dualspeed_pretrain, tiny_world):
+    for d in (dualspeed_pretrain, dualspeed_pretrain / "checkpoint-2"):
+        assert set(torch.load(d / "mm_projector.bin", weights_only=True)) == {
+            "model.mm_projector.0.weight", "model.mm_projector.0.bias", "model.mm_projector.2.weight", "model.mm_projector.2.bias"}
+        iso = torch.load(d / "mode_isolator.bin", weights_only=True)
+        assert list(iso) == ["model.mode_isolator.weight"] and iso["model.mode_isolator.weight"].shape == (4, 256)
+    config = json.loads((dualspeed_pretrain / "config.json").read_text())
+    assert config["dualspeed"] is True and config["dualspeed_pruning_ratio"] == 0.9
+
+
+def test_dualspeed_zero3_lora_with_slow_steps(tiny_world, dualspeed_pretrain, tmp_path):
+    out = tmp_path / "ds_dualspeed_lora"
+    proc = torchrun(lora_args(tiny_world, out, dualspeed_pretrain / "mm_projector.bin", steps=4, save_steps=2)
+                    + DUALSPEED + ["--slow_mode_ratio", "0.5", "--deepspeed", str(REPO / "scripts/zero3.json")],
+                    entry="dualspeed_patch/train_mem.py")
+    log = proc.stdout + proc.stderr
+    assert f"mode isolator loaded from {dualspeed_pretrain / 'mode_isolator.bin'}" in log
+    assert "dualspeed/slow_ce" in log and "dualspeed/fast_ce" in log  # both modes ran (seeded schedule, r = 0.5)
+    for d in (out, out / "checkpoint-2"):
+        assert (d / "mode_isolator.bin").is_file() and (d / "non_lora_trainables.bin").is_file(), d
+    weights = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    assert weights["base_model.model.model.mode_isolator.weight"].shape == (4, 256)
