@@ -8,4 +8,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from dualspeed_patch.train import train
 
 if __name__ == "__main__":
-    train()
+    from llava.train.data import DataError
+
+    try:
+        train()
+    except DataError as exc:
+        sys.exit(f"data error: {str(exc).strip().splitlines()[-1]}")

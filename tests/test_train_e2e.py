@@ -126,3 +126,30 @@ def test_lora_resume_restores_projector_and_reproduces_run(tiny_world, pretraine
     b = dict(trainer.model.named_parameters())
     for name in ("base_model.model.model.mm_projector.0.weight", "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"):
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("problem,expected", [
+    ("missing_image", r"data error: .*image file .*nowhere\.png of sample index 1 \(id 'bad-1'\) does not exist"),
+    ("image_count", r"data error: .*sample index 1 \(id 'bad-1'\).*<image>"),
+])
+def test_bad_data_gives_one_clear_error(tiny_world, tmp_path, problem, expected):
+    import json
+    import re
+
+    records = json.loads((tiny_world / "pretrain.json").read_text())[:2]
+    records[1]["id"] = "bad-1"
+    if problem == "missing_image":
+        records[1]["image"] = "nowhere.png"
+    else:
+        records[1]["conversations"][0]["value"] = "<image>\n<image>\n"
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps(records))
+    args = pretrain_args(tiny_world, tmp_path / "out", steps=1, save_steps=10)
+    args[args.index("--data_path") + 1] = str(data)
+    args[args.index("--per_device_train_batch_size") + 1] = "2"
+    proc = subprocess.run([sys.executable, str(REPO / "llava/train/train_mem.py")] + args, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.search(expected, last), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

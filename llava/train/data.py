@@ -42,6 +42,14 @@ IMAGE_LENGTH_ESTIMATE = 128
 Turns = List[Dict[str, str]]
 
 
+class DataError(ValueError):
+    """A problem with the training data (file, sample structure, image, tokenization); the message names it."""
+
+
+class MissingImageError(DataError, FileNotFoundError):
+    """An image a sample refers to is not on disk."""
+
+
 class Encoded(NamedTuple):
     """One tokenized conversation; aligned is False when label boundaries could not be verified."""
 
@@ -189,11 +197,11 @@ def _load_records(data_path: str) -> List[Any]:
         with open(data_path, "r", encoding="utf-8") as handle:
             records = json.load(handle)
     except FileNotFoundError:
-        raise FileNotFoundError(f"data file {data_path} does not exist") from None
+        raise DataError(f"data file {data_path} does not exist") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"data file {data_path} is not valid JSON: {exc}") from exc
+        raise DataError(f"data file {data_path} is not valid JSON: {exc}") from None
     if not isinstance(records, list):
-        raise ValueError(f"data file {data_path} must hold a JSON list of samples, got {type(records).__name__}")
+        raise DataError(f"data file {data_path} must hold a JSON list of samples, got {type(records).__name__}")
     return records
 
 
@@ -275,7 +283,7 @@ class LazySupervisedDataset(Dataset):
         for index, record in enumerate(self.records):
             problem = _structure_problem(record, plain, bool(self.data_args.is_multimodal))
             if problem is not None:
-                raise ValueError(f"{self.data_path}: sample {_sample_name(record, index)}: {problem}")
+                raise DataError(f"{self.data_path}: sample {_sample_name(record, index)}: {problem}")
 
     def _check_alignment(self, n_samples: int) -> None:
         """Tokenize (text only) up to n_samples evenly spread samples and fail if too many are misaligned."""
@@ -289,7 +297,7 @@ class LazySupervisedDataset(Dataset):
             _warn_mismatch(_sample_name(self.records[index], index), self._encode(index))
         if len(bad) > self.max_mismatch_fraction * len(indices):
             names = ", ".join(_sample_name(self.records[i], i) for i in bad[:5])
-            raise ValueError(
+            raise DataError(
                 f"{self.data_path}: {len(bad)} of {len(indices)} checked samples do not tokenize consistently with "
                 f"template {self.conv.version!r} (over the {self.max_mismatch_fraction:.1%} limit), e.g. {names}; "
                 f"check --version against the tokenizer"
@@ -326,7 +334,7 @@ class LazySupervisedDataset(Dataset):
         name = _sample_name(self.records[index], index)
         _warn_mismatch(name, encoded)
         if self.mismatched > self.max_mismatch_fraction * max(self.seen, RUNNING_CHECK_MIN_SAMPLES):
-            raise ValueError(
+            raise DataError(
                 f"{self.data_path}: {self.mismatched} of {self.seen} samples read so far have a tokenization "
                 f"mismatch (over the {self.max_mismatch_fraction:.1%} limit); latest: sample {name}"
             )
@@ -337,12 +345,12 @@ class LazySupervisedDataset(Dataset):
         path = os.path.join(folder, record["image"]) if folder else record["image"]
         name = _sample_name(record, index)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file {path} of sample {name} does not exist")
+            raise MissingImageError(f"image file {path} of sample {name} does not exist")
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ValueError(f"cannot read image file {path} of sample {name}: {exc}") from None
+            raise DataError(f"cannot read image file {path} of sample {name}: {exc}") from None
 
     def _zero_image(self) -> Dict[str, Any]:
         crop = self.data_args.image_processor.crop_size
