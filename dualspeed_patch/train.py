@@ -2,6 +2,7 @@
 
 `python dualspeed_patch/train_mem.py <LLaVA flags> --dualspeed True --pruning_ratio 0.9 ...`
 """
+import warnings
 from typing import List
 
 from .callback import DualSpeedCallback, DualSpeedMetrics
@@ -36,9 +37,13 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
         print(f"DualSpeed: mode isolator loaded from {source}", flush=True)
     attach_isolator(llava, ds_args.mode_isolator_len, source, announce=_rank0())
 
-    from llava.train.checkpoint import EXTRA_TRAINABLE_FILES
-
-    EXTRA_TRAINABLE_FILES[ISOLATOR_FILE] = ["mode_isolator"]
+    try:
+        from llava.train.checkpoint import EXTRA_TRAINABLE_FILES
+    except ImportError:  # upstream LLaVA: its trainer writes mm_projector.bin / non_lora_trainables.bin only
+        warnings.warn(f"this llava package cannot save extra files: write {ISOLATOR_FILE} yourself "
+                      "(non_lora_trainables.bin still holds the isolator in LoRA runs)")
+    else:
+        EXTRA_TRAINABLE_FILES[ISOLATOR_FILE] = ["mode_isolator"]
     pretraining = bool(getattr(model_args, "tune_mm_mlp_adapter", False))
     slow_ratio = ds_args.slow_mode_ratio if (not pretraining or ds_args.slow_mode_in_pretraining) else 0.0
     schedule = ModeSchedule(training_args.seed, slow_ratio)
