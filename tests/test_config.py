@@ -41,7 +41,7 @@ def test_edge_values_accepted():
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(ValueError, match="known: divprune, random, uniform"):
+    with pytest.raises(ValueError, match="known: cdpruner, divprune, fastervlm, random, uniform"):
         DualSpeedArguments(vtp_method="fastvlm")
 
 

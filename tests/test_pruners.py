@@ -195,9 +195,9 @@ def test_registry(monkeypatch):
         register_pruner("first3", other)
     register_pruner("first3", other, overwrite=True)
     assert get_pruner("first3") is other
-    with pytest.raises(KeyError, match="divprune, first3, random, uniform"):
+    with pytest.raises(KeyError, match="cdpruner, divprune, fastervlm, first3, random, uniform"):
         get_pruner("nope")
-    assert available_pruners() == ["divprune", "first3", "random", "uniform"]
+    assert available_pruners() == ["cdpruner", "divprune", "fastervlm", "first3", "random", "uniform"]
 
 
 def test_bad_inputs_name_the_problem():

@@ -114,6 +114,8 @@ def mask_to_indices(selected: torch.Tensor) -> torch.Tensor:
     short rows with their last selected index (0 for empty rows) as the contract describes."""
     b, n = selected.shape
     k = int(selected.sum(dim=1).max()) if b > 0 else 0
+    if k == 0:
+        return torch.zeros(b, 0, dtype=torch.long, device=selected.device)
     positions = torch.arange(n, device=selected.device).expand(b, n)
     # Unselected tokens sort after every selected one (key n), selected ones stay in original order.
     ordered = torch.where(selected, positions, n).sort(dim=1).values[:, :k]
