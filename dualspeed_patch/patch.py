@@ -19,8 +19,9 @@ import torch
 from .config import DualSpeedArguments, kept_tokens_tensor
 from .distill import IGNORE_INDEX, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
 from .isolator import get_isolator
-from .pruners import gather_kept, prune_indices
+from .pruners import gather_kept, get_pruner, prune_indices
 from .splice import splice_visual_tokens
+from .vision_context import capture_cls_attention, encoder_layer_for_select_layer
 
 FULL, FAST, PRUNED = "full", "fast", "pruned"
 _MODE_ATTR = "_dualspeed_visual_mode"
@@ -49,20 +50,42 @@ def visual_mode(model, mode: str):
         setattr(model, _MODE_ATTR, previous)
 
 
-def visual_sequences(model, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Each image's final visual sequence: ([I, S, H] features, [I] valid lengths)."""
-    features = model.encode_images(images)
+def visual_sequences(model, images: torch.Tensor, pruning: bool = False):
+    """Each image's final visual sequence and, when it will be pruned, the context its pruner asks for.
+
+    Returns ([I, S, H] features, [I] valid lengths, context dict). Context is computed only for keys the selected
+    pruner declares in `context_keys`: `cls_attention` (one hook on the vision tower's feature layer, active only
+    while the tower runs) and `relevance` (CLIP text-image similarity to each sample's instruction).
+    """
+    needs = set(getattr(get_pruner(settings(model).vtp_method), "context_keys", ())) if pruning else set()
+    context = {}
+    if not needs:
+        features = model.encode_images(images)
+    else:
+        tower = model.get_vision_tower()
+        if "cls_attention" in needs:
+            layer = encoder_layer_for_select_layer(tower.select_layer, tower.config.num_hidden_layers)
+            with capture_cls_attention(tower, layer, include_cls=tower.select_feature == "cls_patch") as capture:
+                patches = tower(images)
+            context["cls_attention"] = capture.cls_attention
+        else:
+            patches = tower(images)
+        features = model.get_model().mm_projector(patches)
+        scorer = model.__dict__.get("_dualspeed_text_scorer")
+        if "relevance" in needs and scorer is not None:
+            instructions = getattr(model, "_dualspeed_instructions", None) or [None] * patches.shape[0]
+            context["relevance"] = scorer.relevance(list(instructions), patches)
     lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
-    return features, lengths
+    return features, lengths, context
 
 
-def prune_visual(model, visual: torch.Tensor, lengths: torch.Tensor, with_isolator: bool, seed: int = 0):
+def prune_visual(model, visual: torch.Tensor, lengths: torch.Tensor, with_isolator: bool, seed: int = 0, **context):
     """Keep K_i = kept_tokens(N_i, p) tokens of each image (plug-in selection, original order), prefixed with
     the mode isolator when asked: [isolator; kept]. Returns ([I, l + K, H], [I] valid lengths)."""
     args = settings(model)
     keep = kept_tokens_tensor(lengths, args.pruning_ratio)
     valid = torch.arange(visual.shape[1], device=visual.device).unsqueeze(0) < lengths.unsqueeze(1)
-    indices, kept_mask = prune_indices(args.vtp_method, visual, keep, valid, seed=seed)
+    indices, kept_mask = prune_indices(args.vtp_method, visual, keep, valid, seed=seed, **context)
     kept = gather_kept(visual, indices)
     new_lengths = kept_mask.sum(dim=1)
     isolator = get_isolator(model) if with_isolator else None
@@ -119,11 +142,11 @@ def prepare_multimodal(self, original, input_ids, position_ids, attention_mask, 
         if mode == FULL:
             return original(self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
         raise NotImplementedError("DualSpeed pruning of multi-view (anyres) images is not supported yet")
-    visual, lengths = visual_sequences(self, images)
+    visual, lengths, context = visual_sequences(self, images, pruning=mode != FULL)
     if mode != FULL:
         schedule = getattr(self, "_dualspeed_schedule", None)
         seed = schedule.pruner_seed() if schedule is not None else 0
-        visual, lengths = prune_visual(self, visual, lengths, with_isolator=mode == FAST, seed=seed)
+        visual, lengths = prune_visual(self, visual, lengths, with_isolator=mode == FAST, seed=seed, **context)
     ids, pos, mask, embeds, new_labels = build_llm_inputs(self, input_ids, position_ids, attention_mask, labels, visual, lengths)
     return ids, pos, mask, past_key_values, embeds, new_labels
 
@@ -143,11 +166,11 @@ def slow_step(model, input_ids, attention_mask, labels, images, num_items_in_bat
     """
     args = settings(model)
     schedule = getattr(model, "_dualspeed_schedule", None)
-    visual, lengths = visual_sequences(model, images)
+    visual, lengths, context = visual_sequences(model, images, pruning=True)
     student = build_llm_inputs(model, input_ids, None, attention_mask, labels, visual, lengths)
     with torch.no_grad():
         seed = schedule.pruner_seed() if schedule is not None else 0
-        pruned, pruned_lengths = prune_visual(model, visual.detach(), lengths, with_isolator=True, seed=seed)
+        pruned, pruned_lengths = prune_visual(model, visual.detach(), lengths, with_isolator=True, seed=seed, **context)
         teacher = build_llm_inputs(model, input_ids, None, attention_mask, labels, pruned, pruned_lengths)
         t_hidden = model.get_model()(inputs_embeds=teacher[3], attention_mask=teacher[2], position_ids=teacher[1]).last_hidden_state
     s_hidden = model.get_model()(inputs_embeds=student[3], attention_mask=student[2], position_ids=student[1]).last_hidden_state
@@ -179,6 +202,8 @@ def wrap_forward(original):
 
     @functools.wraps(original)
     def forward(self, *args, **kwargs):
+        # Instruction texts (for instruction-aware pruners) ride along with the batch; LLaVA's forward never sees them.
+        self._dualspeed_instructions = kwargs.pop("instructions", None)
         schedule = getattr(self, "_dualspeed_schedule", None)
         if not self.training or schedule is None or not settings(self).dualspeed:
             return original(self, *args, **kwargs)

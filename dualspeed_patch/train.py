@@ -44,12 +44,27 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
                       "(non_lora_trainables.bin still holds the isolator in LoRA runs)")
     else:
         EXTRA_TRAINABLE_FILES[ISOLATOR_FILE] = ["mode_isolator"]
+    attach_pruner_context(llava, data_args, ds_args)
     pretraining = bool(getattr(model_args, "tune_mm_mlp_adapter", False))
     slow_ratio = ds_args.slow_mode_ratio if (not pretraining or ds_args.slow_mode_in_pretraining) else 0.0
     schedule = ModeSchedule(training_args.seed, slow_ratio)
     metrics = DualSpeedMetrics()
     llava._dualspeed_schedule, llava._dualspeed_metrics = schedule, metrics
     return [DualSpeedCallback(schedule, metrics)]
+
+
+def attach_pruner_context(llava, data_args, ds_args: DualSpeedArguments) -> None:
+    """Give instruction-aware pruners what they read: the instruction text per sample and a CLIP text scorer."""
+    from .pruners import get_pruner
+
+    if "relevance" not in getattr(get_pruner(ds_args.vtp_method), "context_keys", ()):
+        return
+    from .vision_context import ClipTextScorer
+
+    tower = llava.get_vision_tower()
+    scorer = ClipTextScorer(tower.vision_tower_name).to(device=tower.device, dtype=tower.dtype)
+    llava.__dict__["_dualspeed_text_scorer"] = scorer  # a plain attribute: outside the state dict, optimizer and ZeRO
+    data_args.carry_instructions = True
 
 
 def train(attn_implementation=None, argv=None):

@@ -34,6 +34,8 @@ class DataArguments:
     # Filled in by train() from the model arguments (init=False keeps them off the command line).
     conv_version: Optional[str] = field(default=None, init=False)
     mm_use_im_start_end: bool = field(default=False, init=False)
+    # Set by methods whose token selection reads the instruction (e.g. DualSpeed with CDPruner).
+    carry_instructions: bool = field(default=False, init=False)
 
 
 @dataclass

@@ -371,7 +371,17 @@ class LazySupervisedDataset(Dataset):
             item.update(self._zero_image())
         encoded = self._encode(index)
         self._count(index, encoded)
+        if getattr(self.data_args, "carry_instructions", False):
+            item["instruction"] = first_instruction(record)
         return {"input_ids": encoded.input_ids, "labels": encoded.labels, **item}
+
+
+def first_instruction(record: Dict[str, Any]) -> str:
+    """The first human turn without the image placeholder: the text an instruction-aware token selector reads."""
+    for turn in record["conversations"]:
+        if turn["from"] == "human":
+            return turn["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+    return ""
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -407,6 +417,8 @@ class DataCollatorForSupervisedDataset:
             batch["images"] = torch.stack(images) if same_shape else images
         if any("image_size" in instance for instance in instances):
             batch["image_sizes"] = [instance.get("image_size") for instance in instances]
+        if any("instruction" in instance for instance in instances):
+            batch["instructions"] = [instance.get("instruction", "") for instance in instances]
         return batch
 
 
