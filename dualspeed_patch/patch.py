@@ -16,12 +16,13 @@ from typing import Optional, Tuple
 
 import torch
 
+from .anyres import gather_packed, image_newline, packed_index, packing_settings, split_views
 from .config import DualSpeedArguments, kept_tokens_tensor
 from .distill import IGNORE_INDEX, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
 from .isolator import get_isolator
 from .pruners import gather_kept, get_pruner, prune_indices
 from .splice import splice_visual_tokens
-from .vision_context import capture_cls_attention, encoder_layer_for_select_layer
+from .vision_context import capture_cls_attention, clip_relevance, encoder_layer_for_select_layer
 
 FULL, FAST, PRUNED = "full", "fast", "pruned"
 _MODE_ATTR = "_dualspeed_visual_mode"
@@ -50,38 +51,75 @@ def visual_mode(model, mode: str):
         setattr(model, _MODE_ATTR, previous)
 
 
-def visual_sequences(model, images: torch.Tensor, pruning: bool = False):
+def visual_sequences(model, images, pruning: bool = False, image_sizes=None):
     """Each image's final visual sequence and, when it will be pruned, the context its pruner asks for.
 
-    Returns ([I, S, H] features, [I] valid lengths, context dict). Context is computed only for keys the selected
-    pruner declares in `context_keys`: `cls_attention` (one hook on the vision tower's feature layer, active only
-    while the tower runs) and `relevance` (CLIP text-image similarity to each sample's instruction).
+    Returns ([I, S, H] features, [I] valid lengths, context dict). Multi-view (anyres) batches, a 5-D tensor or a
+    list, are encoded in one tower call and packed per image (tiling, unpadding, newlines; `dualspeed_patch.anyres`),
+    so pruning and the splice see exactly the sequence plain LLaVA would feed the LLM. Context is computed only for
+    keys the selected pruner declares in `context_keys`: `cls_attention` (one hook on the vision tower's feature
+    layer, active only while the tower runs) and `relevance` (CLIP text-image similarity to each sample's
+    instruction); on anyres both are computed per view and carried onto the packed sequence (see `pack_context`).
     """
     needs = set(getattr(get_pruner(settings(model).vtp_method), "context_keys", ())) if pruning else set()
+    multi_view = isinstance(images, (list, tuple)) or images.ndim == 5
+    views, counts = split_views(images) if multi_view else (images, None)
     context = {}
     if not needs:
-        features = model.encode_images(images)
+        features = model.encode_images(views)
     else:
         tower = model.get_vision_tower()
         if "cls_attention" in needs:
             layer = encoder_layer_for_select_layer(tower.select_layer, tower.config.num_hidden_layers)
             with capture_cls_attention(tower, layer, include_cls=tower.select_feature == "cls_patch") as capture:
-                patches = tower(images)
+                patches = tower(views)
             context["cls_attention"] = capture.cls_attention
         else:
-            patches = tower(images)
+            patches = tower(views)
         features = model.get_model().mm_projector(patches)
         scorer = model.__dict__.get("_dualspeed_text_scorer")
         if "relevance" in needs and scorer is not None:
-            instructions = getattr(model, "_dualspeed_instructions", None) or [None] * patches.shape[0]
-            context["relevance"] = scorer.relevance(list(instructions), patches)
-    lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
-    return features, lengths, context
+            n_images = len(counts) if multi_view else patches.shape[0]
+            instructions = list(getattr(model, "_dualspeed_instructions", None) or [None] * n_images)
+            if multi_view:  # scored after packing, per image over its packed tokens
+                context["relevance"] = (scorer.image_embeds(patches), *scorer.text_embeds(instructions), scorer.negate)
+            else:
+                context["relevance"] = scorer.relevance(instructions, patches)
+    if not multi_view:
+        lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
+        return features, lengths, context
+    packing_cfg = packing_settings(model)
+    packing = packed_index(counts, features.shape[1], image_sizes, packing_cfg, device=features.device)
+    newline = image_newline(model) if packing_cfg.unpad else None
+    visual = gather_packed(features.flatten(0, 1), packing, newline)
+    return visual, packing.lengths, pack_context(context, packing)
+
+
+def pack_context(context: dict, packing) -> dict:
+    """Per-view pruner context of an anyres batch carried onto the packed sequences ([I, S] each).
+
+    Newline tokens carry no image content: their [CLS] attention is 0 (the tower never saw them) and their
+    relevance 0 (they are left out of CDPruner's per-image min-max normalisation), so these pruners rank them last.
+    `relevance` arrives as (per-view CLIP image embeddings, instruction embeddings, has_text, negate).
+    """
+    packed = {}
+    if "cls_attention" in context:
+        packed["cls_attention"] = gather_packed(context["cls_attention"].reshape(-1, 1), packing).squeeze(-1)
+    if "relevance" in context:
+        embeds, text, has_text, negate = context["relevance"]
+        joint = gather_packed(embeds.flatten(0, 1), packing)
+        image_tokens = packing.valid & ~packing.is_newline
+        packed["relevance"] = clip_relevance(joint, text, has_text, image_tokens, negate=negate)
+    return packed
 
 
 def prune_visual(model, visual: torch.Tensor, lengths: torch.Tensor, with_isolator: bool, seed: int = 0, **context):
     """Keep K_i = kept_tokens(N_i, p) tokens of each image (plug-in selection, original order), prefixed with
-    the mode isolator when asked: [isolator; kept]. Returns ([I, l + K, H], [I] valid lengths)."""
+    the mode isolator when asked: [isolator; kept]. Returns ([I, l + K, H], [I] valid lengths).
+
+    N_i is image i's packed length; on LLaVA-NeXT that includes its newline tokens, which are prunable like any
+    other token (see "Newline tokens" in `dualspeed_patch.anyres`). One batched selection serves ragged N_i.
+    """
     args = settings(model)
     keep = kept_tokens_tensor(lengths, args.pruning_ratio)
     valid = torch.arange(visual.shape[1], device=visual.device).unsqueeze(0) < lengths.unsqueeze(1)
@@ -118,31 +156,28 @@ def build_llm_inputs(model, input_ids, position_ids, attention_mask, labels, vis
 
 
 def patched_prepare(original):
-    """LLaVA's `prepare_inputs_labels_for_multimodal`, replaced; `original` serves what DualSpeed leaves alone."""
+    """LLaVA's `prepare_inputs_labels_for_multimodal`, replaced (`original` stays reachable as `__wrapped__`, which
+    `remove()` restores)."""
 
     @functools.wraps(original)
     def prepare_inputs_labels_for_multimodal(
         self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
     ):
-        return prepare_multimodal(self, original, input_ids, position_ids, attention_mask, past_key_values, labels,
+        return prepare_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
                                   images, image_sizes)
 
     setattr(prepare_inputs_labels_for_multimodal, _PATCHED, True)
     return prepare_inputs_labels_for_multimodal
 
 
-def prepare_multimodal(self, original, input_ids, position_ids, attention_mask, past_key_values, labels, images,
+def prepare_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels, images,
                        image_sizes=None):
     """Same inputs and return tuple as LLaVA's method; the visual tokens follow the model's visual mode."""
     vision_tower = self.get_vision_tower()
     if vision_tower is None or images is None or input_ids.shape[1] == 1:
         return input_ids, position_ids, attention_mask, past_key_values, None, labels
     mode = getattr(self, _MODE_ATTR, FULL)
-    if isinstance(images, list) or images.ndim == 5:
-        if mode == FULL:
-            return original(self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
-        raise NotImplementedError("DualSpeed pruning of multi-view (anyres) images is not supported yet")
-    visual, lengths, context = visual_sequences(self, images, pruning=mode != FULL)
+    visual, lengths, context = visual_sequences(self, images, pruning=mode != FULL, image_sizes=image_sizes)
     if mode != FULL:
         schedule = getattr(self, "_dualspeed_schedule", None)
         seed = schedule.pruner_seed() if schedule is not None else 0
@@ -158,7 +193,7 @@ def cap_answers(labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.where(supervised & (rank <= counts.unsqueeze(1)), labels, torch.full_like(labels, IGNORE_INDEX))
 
 
-def slow_step(model, input_ids, attention_mask, labels, images, num_items_in_batch=None):
+def slow_step(model, input_ids, attention_mask, labels, images, num_items_in_batch=None, image_sizes=None):
     """Slow mode: student on the full visual sequence (CE) + KL(teacher || student) at answer tokens.
 
     Images are encoded once; the teacher (pruned + isolator, the fast-mode input) runs without gradient. Only
@@ -166,7 +201,7 @@ def slow_step(model, input_ids, attention_mask, labels, images, num_items_in_bat
     """
     args = settings(model)
     schedule = getattr(model, "_dualspeed_schedule", None)
-    visual, lengths, context = visual_sequences(model, images, pruning=True)
+    visual, lengths, context = visual_sequences(model, images, pruning=True, image_sizes=image_sizes)
     student = build_llm_inputs(model, input_ids, None, attention_mask, labels, visual, lengths)
     with torch.no_grad():
         seed = schedule.pruner_seed() if schedule is not None else 0
@@ -214,10 +249,8 @@ def wrap_forward(original):
         if images is not None and schedule.is_slow():
             if call.get("inputs_embeds") is not None:
                 raise ValueError("DualSpeed slow mode needs input_ids and images, not inputs_embeds")
-            if isinstance(images, list) or images.ndim == 5:
-                raise NotImplementedError("DualSpeed slow mode on multi-view (anyres) images is not supported yet")
             loss, metrics = slow_step(self, call["input_ids"], call.get("attention_mask"), call.get("labels"),
-                                      images, extra.get("num_items_in_batch"))
+                                      images, extra.get("num_items_in_batch"), call.get("image_sizes"))
             if recorder is not None:
                 recorder.record_slow(metrics)
             from transformers.modeling_outputs import CausalLMOutputWithPast

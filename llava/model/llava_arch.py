@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 
+from .anyres import encode_anyres_images, unpad_image  # noqa: F401  (unpad_image: upstream import path)
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
 
@@ -31,7 +32,11 @@ def strip_prefix(weights: dict, keyword: str) -> dict:
 
 
 class LlavaMetaModel:
-    """Mixin for the base LLM model: owns `vision_tower`, `mm_projector` and (spatial_unpad) `image_newline`."""
+    """Mixin for the base LLM model: owns `vision_tower`, `mm_projector` and (spatial_unpad) `image_newline`.
+
+    `image_newline` is a bare parameter read outside this module's forward; see `llava.model.anyres` for why
+    ZeRO-3 keeps it whole (stage3_param_persistence_threshold).
+    """
 
     def __init__(self, config):
         super().__init__(config)
@@ -66,11 +71,13 @@ class LlavaMetaModel:
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)
-            if "unpad" in self.config.mm_patch_merge_type:
-                std = 1 / math.sqrt(self.config.hidden_size)
-                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
         else:
             self.mm_projector.requires_grad_(True)  # may have been frozen by an earlier LoRA setup
+        if "unpad" in self.config.mm_patch_merge_type:
+            if getattr(self, "image_newline", None) is None:
+                std = 1 / math.sqrt(self.config.hidden_size)
+                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
+            self.image_newline.requires_grad_(True)  # trained with the projector (LoRA setups freeze what exists)
 
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter is not None:
@@ -105,6 +112,8 @@ class LlavaMetaForCausalLM(ABC):
 
         One image is consumed per image token, and one per sample without any (the data pipeline gives text-only
         samples of a multimodal set a dummy image, as upstream LLaVA does). Visual positions get IGNORE_INDEX labels.
+        Multi-view (anyres) batches, a 5-D tensor or a list, become one packed sequence per image (`llava.model.anyres`,
+        which needs `image_sizes`, (width, height) per image).
         Returns `(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)`; optional inputs that
         were None come back None.
         """
@@ -113,10 +122,9 @@ class LlavaMetaForCausalLM(ABC):
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
         if isinstance(images, list) or images.ndim == 5:
-            raise NotImplementedError(
-                "multi-view (anyres) image batches are not supported yet; use --image_aspect_ratio pad or square"
-            )
-        image_features = self.encode_images(images)
+            image_features = encode_anyres_images(self, images, image_sizes)  # one packed [S_i, hidden] per image
+        else:
+            image_features = self.encode_images(images)
 
         if getattr(self.config, "tune_mm_mlp_adapter", False) and getattr(self.config, "mm_use_im_start_end", False):
             raise NotImplementedError("mm_use_im_start_end with tune_mm_mlp_adapter is not supported (as upstream)")
