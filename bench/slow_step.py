@@ -11,35 +11,17 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_model  # noqa: E402
+
 import dualspeed_patch.patch as patch  # noqa: E402
 from dualspeed_patch import DualSpeedArguments  # noqa: E402
 from dualspeed_patch.isolator import attach_isolator  # noqa: E402
 from dualspeed_patch.modes import ModeSchedule  # noqa: E402
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
-
-
-def build_model(visual_side: int, hidden: int, layers: int, tmp: Path):
-    """Random LLaVA: CLIP (patch 14, `visual_side`² patches) + LLaMA, built through the real loading path."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig
-    from llava.model import LlavaLlamaForCausalLM
-
-    image = visual_side * 14
-    clip_cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=image, patch_size=14)
-    CLIPVisionModel(clip_cfg).save_pretrained(tmp / "clip")
-    CLIPImageProcessor(size={"shortest_edge": image}, crop_size={"height": image, "width": image}).save_pretrained(tmp / "clip")
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-                      num_attention_heads=hidden // 64, vocab_size=4096, max_position_embeddings=4096)
-    model = LlavaLlamaForCausalLM(cfg)
-    args = SimpleNamespace(vision_tower=str(tmp / "clip"), mm_vision_select_layer=-2, mm_projector_type="mlp2x_gelu",
-                           mm_vision_select_feature="patch", mm_patch_merge_type="flat", pretrain_mm_mlp_adapter=None)
-    model.get_model().initialize_vision_modules(args)
-    return model, image
 
 
 def main() -> None:
@@ -52,11 +34,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
-    torch.manual_seed(0)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model, image = build_model(int(a.visual ** 0.5), a.hidden, a.layers, Path(tmp))
+    model, image = build_model(int(a.visual ** 0.5), a.hidden, a.layers, seed=0)
     patch.apply()
     model._dualspeed_args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=1.0)
     attach_isolator(model, 4, announce=False)

@@ -8,6 +8,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
+# Tiny models on a 2-core machine: one intra-op thread is several times faster than two (thread sync dominates).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_world() -> Path:
