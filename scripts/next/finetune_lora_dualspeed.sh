@@ -9,16 +9,11 @@
 # apply, plus PRUNING_RATIO SLOW_MODE_RATIO VTP_METHOD ISOLATOR_LEN DISTILL_T DISTILL_ALPHA.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib/dualspeed_flags.sh
 
 PRETRAIN_DIR="${PRETRAIN_DIR:-./checkpoints/llava-next-7b-pretrain-dualspeed}" \
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-next-7b-lora-dualspeed}" \
 TRAIN_ENTRY=dualspeed_patch/train_mem.py \
 bash scripts/next/finetune_lora.sh \
-    --dualspeed True \
-    --pruning_ratio "${PRUNING_RATIO:-0.9}" \
-    --slow_mode_ratio "${SLOW_MODE_RATIO:-0.1}" \
-    --vtp_method "${VTP_METHOD:-divprune}" \
-    --mode_isolator_len "${ISOLATOR_LEN:-4}" \
-    --distill_temperature "${DISTILL_T:-1.0}" \
-    --distill_alpha "${DISTILL_ALPHA:-1.0}" \
+    "${DUALSPEED_SFT_FLAGS[@]}" \
     "$@"

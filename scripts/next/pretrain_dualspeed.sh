@@ -8,13 +8,11 @@
 # short. Variables of scripts/next/pretrain.sh apply, plus PRUNING_RATIO VTP_METHOD ISOLATOR_LEN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib/dualspeed_flags.sh
 
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-next-7b-pretrain-dualspeed}" \
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-32}" \
 TRAIN_ENTRY=dualspeed_patch/train_mem.py \
 bash scripts/next/pretrain.sh \
-    --dualspeed True \
-    --pruning_ratio "${PRUNING_RATIO:-0.9}" \
-    --vtp_method "${VTP_METHOD:-divprune}" \
-    --mode_isolator_len "${ISOLATOR_LEN:-4}" \
+    "${DUALSPEED_FLAGS[@]}" \
     "$@"

@@ -4,12 +4,10 @@
 # variables as pretrain.sh, plus PRUNING_RATIO VTP_METHOD ISOLATOR_LEN. Extra arguments are appended.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib/dualspeed_flags.sh
 
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-pretrain-dualspeed}" \
 TRAIN_ENTRY=dualspeed_patch/train_mem.py \
 bash scripts/v1_5/pretrain.sh \
-    --dualspeed True \
-    --pruning_ratio "${PRUNING_RATIO:-0.9}" \
-    --vtp_method "${VTP_METHOD:-divprune}" \
-    --mode_isolator_len "${ISOLATOR_LEN:-4}" \
+    "${DUALSPEED_FLAGS[@]}" \
     "$@"
