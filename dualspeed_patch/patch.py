@@ -12,7 +12,7 @@ Only the SPEC §4 interface is used (get_model, get_vision_tower, encode_images,
 import contextlib
 import functools
 import inspect
-from typing import Optional, Tuple
+
 
 import torch
 

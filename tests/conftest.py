@@ -72,3 +72,20 @@ def tiny_llava(tiny_llm_path, tiny_clip_path):
     model.get_model().initialize_vision_modules(make_model_args(tiny_clip_path))
     model.config.tokenizer_model_max_length = 2048
     return model.eval()
+
+
+def enable_dualspeed(model, isolator_len: int = 4, slow_ratio: float = 0.5):
+    """Turn DualSpeed on for a patched model (p = 0.9, fresh isolator) with a schedule tests steer by hand."""
+    import warnings
+
+    from dualspeed_patch import DualSpeedArguments
+    from dualspeed_patch.isolator import attach_isolator
+    from dualspeed_patch.modes import ModeSchedule
+
+    model._dualspeed_args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=slow_ratio,
+                                               mode_isolator_len=isolator_len)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach_isolator(model, isolator_len)
+    model._dualspeed_schedule = ModeSchedule(seed=0, slow_ratio=slow_ratio)
+    return model.train()

@@ -1,19 +1,18 @@
 """DualSpeed on the real tiny LLaVA: the patched input builder, fast/slow modes, isolator, KL, gradients."""
 import inspect
-import math
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dualspeed_patch.patch as patch
-from dualspeed_patch import DualSpeedArguments, kept_tokens
+from dualspeed_patch import kept_tokens
 from dualspeed_patch.isolator import ISOLATOR_FILE, attach_isolator, get_isolator, read_isolator_file
-from dualspeed_patch.modes import ModeSchedule
 from dualspeed_patch.pruners import divprune_select
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.llava_arch import LlavaMetaForCausalLM
+
+from conftest import enable_dualspeed  # noqa: E402
 
 L_ISO = 4
 
@@ -29,13 +28,7 @@ def patched():
 def ds_model(tiny_llava, patched):
     """Tiny LLaVA in training mode with DualSpeed on (p = 0.9, l = 4) and a schedule we steer by hand."""
     model = tiny_llava
-    model._dualspeed_args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=0.5,
-                                               mode_isolator_len=L_ISO)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attach_isolator(model, L_ISO)
-    model._dualspeed_schedule = ModeSchedule(seed=0, slow_ratio=0.5)
-    return model.train()
+    return enable_dualspeed(model, L_ISO)
 
 
 def batch(model, text_only_second=True):

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import subprocess
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ from PIL import Image
 import dualspeed_patch.patch as patch
 from conftest import make_model_args
 from dualspeed_patch import DualSpeedArguments, kept_tokens
-from dualspeed_patch.isolator import attach_isolator, get_isolator
-from dualspeed_patch.modes import ModeSchedule
+from dualspeed_patch.isolator import get_isolator
 from dualspeed_patch.pruners import divprune_select
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images
@@ -33,6 +31,8 @@ from llava.mm_utils import process_images
 REPO = Path(__file__).resolve().parents[1]
 PINPOINTS = "[(64,128),(128,64),(128,128)]"
 N = 64  # tokens per view
+from conftest import enable_dualspeed  # noqa: E402
+
 L_ISO = 4
 SIZES = {"wide": (100, 40), "tall": (48, 112), "tall_odd": (50, 112), "square": (120, 120)}
 UNPAD_LEN = {"wide": 166, "tall": 176, "tall_odd": 208, "square": 336}
@@ -210,13 +210,7 @@ def test_next_checkpoint_round_trip_and_newline_gradient(next_model, tiny_tokeni
 @pytest.fixture
 def ds_next(next_model, patched):
     model = next_model
-    model._dualspeed_args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=0.5,
-                                               mode_isolator_len=L_ISO)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attach_isolator(model, L_ISO)
-    model._dualspeed_schedule = ModeSchedule(seed=0, slow_ratio=0.5)
-    return model.train()
+    return enable_dualspeed(model, L_ISO)
 
 
 def step_of_mode(schedule, slow):

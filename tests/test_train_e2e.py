@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
 from llava.train.train import train
 

@@ -5,7 +5,6 @@ IMAGE_TOKEN_INDEX placeholders into LLM input embeddings; DualSpeed replaces exa
 """
 import math
 from abc import ABC, abstractmethod
-from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -4,7 +4,6 @@ Stage 1 (pretraining): `--tune_mm_mlp_adapter True` trains only the projector an
 Stage 2 (fine-tuning): full or LoRA (`--lora_enable True`) training writes a model / adapter directory.
 """
 import importlib.util
-import os
 import pathlib
 import sys
 from typing import Callable, List, Optional, Sequence

@@ -1,5 +1,4 @@
 """CLIP vision tower: frozen CLIP image encoder whose selected hidden layer feeds the projector."""
-from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -1,0 +1,64 @@
+"""Smoke test of the step-cost benchmark: `bench/step_costs.py --quick` runs end to end and reports every row."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SELECTORS = {f"select/{name}" for name in ("divprune", "random", "uniform", "cdpruner", "fastervlm")}
+PRETRAIN_ROWS = {"baseline", "fast", "oracle", "plain_short"} | SELECTORS
+SFT_ROWS = PRETRAIN_ROWS | {"slow", "pruned_forward"}
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_quick_run_reports_every_row(tmp_path):
+    out = tmp_path / "step_costs.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "step_costs.py"), "--quick", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+
+    assert set(result["cells"]) == {"llava15/pretrain", "llava15/sft", "next/pretrain", "next/sft"}
+    for key, cell in result["cells"].items():
+        stage = key.split("/")[1]
+        assert set(cell["rows"]) == (SFT_ROWS if stage == "sft" else PRETRAIN_ROWS), key
+        for name, row in cell["rows"].items():
+            assert row["n"] == 1 and all(finite(row[k]) and row[k] > 0 for k in ("median", "min", "max")), (key, name)
+        ratios = cell["ratios"]
+        expected = {"fast_over_oracle", "oracle_over_plain_short", "limit_speedup", "predicted_speedup"} | {
+            f"share/{s.split('/')[1]}" for s in SELECTORS}
+        if stage == "sft":
+            expected.add("slow_over_reference")
+        assert set(ratios) == expected, key
+        assert all(finite(r["value"]) and r["value"] > 0 for r in ratios.values()), key
+        assert ratios["predicted_speedup"]["slow_ratio"] == (0.1 if stage == "sft" else 0.0)
+
+    # --quick: 4 x 4 and 6 x 6 patches; K = round(0.1 N) = 2 and 4; + 4 isolator vectors; text 12 / 24 tokens.
+    c15, cnext = result["cells"]["llava15/pretrain"], result["cells"]["next/sft"]
+    assert (c15["visual_tokens"], c15["kept_tokens"], c15["sequence_full"], c15["sequence_fast"]) == (16, 2, 27, 17)
+    assert (cnext["visual_tokens"], cnext["kept_tokens"], cnext["sequence_full"], cnext["sequence_fast"]) == (36, 4, 59, 31)
+
+    assert set(result["e2e"]) == {"pretrain", "sft"}
+    for stage, e in result["e2e"].items():
+        assert (e["steps"], e["warmup_steps"], e["timed_steps"]) == (3, 2, 1)
+        assert all(finite(e[k]) for k in ("measured_speedup", "measured_speedup_wall", "predicted_speedup", "relative_error"))
+        for run in ("baseline", "dualspeed"):
+            assert e[run]["cpu"]["per_step"]["n"] == 1 and finite(e[run]["cpu"]["seconds"]) and e[run]["cpu"]["seconds"] > 0
+        assert e["baseline"]["slow_steps_run_total"] is None
+        assert e["dualspeed"]["slow_steps_run_total"] == e["slow_steps_expected_total"]
+    # Pretraining: fast mode on every step. SFT: the seed puts both modes in the 2 warm-up steps and, at r = 0.1
+    # over 1 timed step, no slow step in the timed part.
+    assert result["e2e"]["pretrain"]["dualspeed"]["slow_steps_run_total"] == 0
+    assert result["e2e"]["sft"]["dualspeed"]["slow_steps_run_total"] == 1
+    assert result["e2e"]["sft"]["slow_steps_timed"] == 0
+
+    assert len(result["targets"]) == 10
+    assert all(isinstance(t["pass"], bool) and finite(t["value"]) for t in result["targets"])
+    table = out.with_suffix(".md").read_text()
+    assert table.count("| llava15 | sft |") == 7 and "NeXT stand-in" in table  # 2 step tables + 5 selectors
