@@ -13,7 +13,6 @@ import contextlib
 import functools
 import inspect
 
-
 import torch
 
 from .anyres import gather_packed, image_newline, packed_index, packing_settings, split_views
