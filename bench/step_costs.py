@@ -1,0 +1,632 @@
+"""DualSpeed step costs against the baseline and against the token-count limit (fp32, CPU).
+
+A LLaVA-shaped model (random tiny CLIP giving N visual tokens, an LLM big enough to dominate) is timed per
+training stage, the variants called round-robin in each round after a warm-up round:
+- baseline: plain LLaVA training step (unpatched, full tokens, forward + backward);
+- fast: DualSpeed fast step through the patched forward (DivPrune at p, isolator of l vectors);
+- oracle: the same fast step with a zero-cost selector (the first K tokens): the token-count limit;
+- plain_short: plain LLaVA whose encoder output is cut to K + l tokens: the same sequence length without any
+  DualSpeed machinery (what isolator insertion, gathering and re-padding cost is oracle / plain_short);
+- slow (SFT): DualSpeed slow step, against baseline + one pruned forward without gradient;
+- select/<pruner>: the selection alone on the step's post-projector features.
+Times are CPU time of the process by default (one torch thread: the work done, nearly blind to other processes on
+a shared machine); wall time is recorded too.
+From these it predicts the end-to-end speed-up (pretraining: baseline/fast; SFT: baseline/((1-r) fast + r slow))
+and checks it against short real LLaVATrainer runs of the same shapes, baseline and DualSpeed advancing in
+lockstep (one optimizer step each in turn).
+
+    python bench/step_costs.py --profile       # full run (~11 min, one thread) + one profiled step per variant
+    python bench/step_costs.py --quick         # one tiny iteration in seconds (the smoke test runs it)
+
+Writes outputs/step_costs.json and outputs/step_costs.md (override with --out).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import cProfile
+import inspect
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    CLOCKS,
+    REPO,
+    SyntheticDataset,
+    build_model,
+    collate,
+    llm_parameters,
+    prepare_stage,
+    summarise,
+    synthetic_batch,
+    time_interleaved,
+)
+
+import dualspeed_patch.patch as patch  # noqa: E402
+from dualspeed_patch import DualSpeedArguments, kept_tokens  # noqa: E402
+from dualspeed_patch.isolator import attach_isolator  # noqa: E402
+from dualspeed_patch.modes import ModeSchedule, is_slow_step  # noqa: E402
+from dualspeed_patch.pruners import available_pruners, check_inputs, effective_keep, prune_indices, register_pruner  # noqa: E402
+
+ORACLE_PRUNER = "bench_first_k"
+# Built-in pruners whose context is cheap to supply here (FasterVLM gets a random CLS attention, CDPruner q = 1).
+SELECTION_PRUNERS = ("divprune", "random", "uniform", "cdpruner", "fastervlm")
+
+TARGETS = {
+    "fast_over_oracle": 1.03,
+    "slow_over_reference": 1.10,
+    "divprune_share": 0.01,
+    "e2e_relative_error": 0.05,
+}
+
+
+@torch.no_grad()
+def first_k_select(features: torch.Tensor, keep, valid: Optional[torch.Tensor] = None, **context) -> torch.Tensor:
+    """The oracle's selector: the first k_b tokens of each image, no work on the features (a [B, K] arange).
+    Assumes each row's first k_b tokens are valid, as for single-view images."""
+    k = effective_keep(keep, check_inputs(features, valid))
+    width = int(k.max()) if k.numel() else 0
+    cols = torch.arange(width, device=features.device).expand(features.shape[0], width)
+    return torch.minimum(cols, (k - 1).clamp(min=0).unsqueeze(1))
+
+
+register_pruner(ORACLE_PRUNER, first_k_select)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def count_settings(a: argparse.Namespace) -> Dict[str, dict]:
+    """Visual-token counts to measure: LLaVA-1.5 (576) and the NeXT stand-in (one 54 x 54 view)."""
+    side15, side_next = (4, 6) if a.quick else (24, 54)
+    return {
+        "llava15": {"visual_side": side15, "batch": a.batch15,
+                    "label": f"LLaVA-1.5: {side15 ** 2} visual tokens per image"},
+        "next": {"visual_side": side_next, "batch": a.batch_next,
+                 "label": f"NeXT stand-in: one {side_next}x{side_next} view = {side_next ** 2} visual tokens "
+                          "(anyres tiling is not yet supported by the patch; NeXT's 5 x 576 + newlines is ~2880)"},
+    }
+
+
+def stage_settings(a: argparse.Namespace) -> Dict[str, dict]:
+    """Text shapes and learning rates of the two stages (LLaVA-1.5 recipe, scaled text in --quick)."""
+    if a.quick:
+        return {"pretrain": {"text": 12, "answer": 4, "image_at": 1, "lr": 1e-3, "projector_lr": None},
+                "sft": {"text": 24, "answer": 8, "image_at": 4, "lr": 2e-4, "projector_lr": 2e-5}}
+    return {"pretrain": {"text": 40, "answer": 15, "image_at": 1, "lr": 1e-3, "projector_lr": None},
+            "sft": {"text": 150, "answer": 60, "image_at": 35, "lr": 2e-4, "projector_lr": 2e-5}}
+
+
+def dualspeed_args(a: argparse.Namespace, method: str, slow_ratio: float) -> DualSpeedArguments:
+    return DualSpeedArguments(dualspeed=True, pruning_ratio=a.pruning_ratio, slow_mode_ratio=slow_ratio,
+                              vtp_method=method, mode_isolator_len=a.isolator_len)
+
+
+# ---------------------------------------------------------------- per-step costs
+
+
+def step_rows(a, llava, step_model, batch: Dict[str, torch.Tensor], stage: str) -> Dict[str, Callable[[], object]]:
+    """The timed variants of one (counts, stage) cell, as zero-argument callables."""
+    fast_args, oracle_args = dualspeed_args(a, "divprune", 0.0), dualspeed_args(a, ORACLE_PRUNER, 0.0)
+    slow_args = dualspeed_args(a, "divprune", 1.0)
+
+    def train_step():
+        step_model.zero_grad(set_to_none=True)
+        step_model(**batch).loss.backward()
+
+    def baseline():
+        patch.remove()  # plain LLaVA: its own prepare_inputs_labels_for_multimodal and forward
+        try:
+            train_step()
+        finally:
+            patch.apply()
+
+    def dualspeed_step(args: DualSpeedArguments):
+        def run():
+            llava._dualspeed_args = args
+            llava._dualspeed_schedule = ModeSchedule(a.seed, args.slow_mode_ratio)  # ratio 0: fast, 1: slow
+            train_step()
+        return run
+
+    short = kept_tokens(llava.get_vision_tower().num_patches, a.pruning_ratio) + a.isolator_len
+
+    def plain_short():
+        patch.remove()
+        llava.encode_images = lambda images: type(llava).encode_images(llava, images)[:, :short]
+        try:
+            train_step()
+        finally:
+            del llava.encode_images
+            patch.apply()
+
+    def pruned_forward():
+        llava._dualspeed_args, llava._dualspeed_schedule = fast_args, None
+        with torch.no_grad(), patch.visual_mode(llava, patch.FAST):
+            step_model(**batch)
+
+    rows = {"baseline": baseline, "fast": dualspeed_step(fast_args), "oracle": dualspeed_step(oracle_args),
+            "plain_short": plain_short}
+    if stage == "sft":  # pretraining runs fast steps only (the paper's recipe)
+        rows.update(slow=dualspeed_step(slow_args), pruned_forward=pruned_forward)
+
+    with torch.no_grad():
+        features = llava.encode_images(batch["images"]).detach()
+    b, n = features.shape[:2]
+    keep = kept_tokens(n, a.pruning_ratio)
+    context = {"seed": a.seed + 1, "cls_attention": torch.randn(b, n).softmax(dim=1)}
+    for name in SELECTION_PRUNERS:
+        if name in available_pruners():
+            rows[f"select/{name}"] = (lambda m=name: prune_indices(m, features, keep, None, **context))
+    return rows
+
+
+def round_medians(samples: List[float], rounds: int) -> List[float]:
+    """Median of each round's samples (a variant timed k times per round has k consecutive samples per round)."""
+    k = len(samples) // rounds
+    return [statistics.median(samples[i * k:(i + 1) * k]) for i in range(rounds)]
+
+
+def paired_ratio(times: Dict[str, List[float]], num: str, den: List[str], rounds: int) -> Dict[str, float]:
+    """num / sum(den) within each round (same round = same load): the median over rounds and the min/max."""
+    per = {k: round_medians(times[k], rounds) for k in [num, *den]}
+    per_round = [per[num][i] / sum(per[d][i] for d in den) for i in range(rounds)]
+    return {"value": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
+
+
+def measure_cell(a, pristine, count: str, stage: str, counts: dict, stages: dict, image_side: int) -> dict:
+    """Step costs and ratios for one (counts, stage) cell."""
+    c, s = counts[count], stages[stage]
+    model = copy.deepcopy(pristine)
+    step_model = prepare_stage(model, stage, lora_r=a.lora_r, lora_alpha=2 * a.lora_r)
+    attach_isolator(model, a.isolator_len, announce=False)
+    model.train()
+    batch = synthetic_batch(c["batch"], s["text"], s["answer"], s["image_at"], image_side, a.vocab, seed=a.seed)
+    rows = step_rows(a, model, step_model, batch, stage)
+    patch.apply()
+    weights = {name: 1 if name in ("baseline", "slow") else a.cheap_repeats for name in rows}
+    both = time_interleaved(rows, repeats=a.repeats, warmup=a.warmup, weights=weights)
+    times, other = both[a.clock], next(c for c in CLOCKS if c != a.clock)
+    n = c["visual_side"] ** 2
+    k = kept_tokens(n, a.pruning_ratio)
+    cell = {
+        "visual_tokens": n, "kept_tokens": k, "batch": c["batch"], "text_tokens": s["text"],
+        "answer_tokens": s["answer"], "sequence_full": s["text"] - 1 + n,
+        "sequence_fast": s["text"] - 1 + k + a.isolator_len,
+        "rows": {name: summarise(t) for name, t in times.items()},  # on --clock
+        f"rows_{other}": {name: summarise(t) for name, t in both[other].items()},
+        "raw_seconds": both,
+    }
+    med = {name: r["median"] for name, r in cell["rows"].items()}
+    ratios = {"fast_over_oracle": paired_ratio(times, "fast", ["oracle"], a.repeats),
+              "oracle_over_plain_short": paired_ratio(times, "oracle", ["plain_short"], a.repeats),
+              "limit_speedup": {"value": med["baseline"] / med["oracle"]}}
+    if stage == "sft":
+        ratios["slow_over_reference"] = paired_ratio(times, "slow", ["baseline", "pruned_forward"], a.repeats)
+        mix = (1 - a.slow_ratio) * med["fast"] + a.slow_ratio * med["slow"]
+        ratios["predicted_speedup"] = {"value": med["baseline"] / mix, "slow_ratio": a.slow_ratio}
+    else:
+        ratios["predicted_speedup"] = {"value": med["baseline"] / med["fast"], "slow_ratio": 0.0}
+    for name in SELECTION_PRUNERS:
+        if f"select/{name}" in times:
+            ratios[f"share/{name}"] = paired_ratio(times, f"select/{name}", ["fast"], a.repeats)
+    cell["ratios"] = ratios
+    if a.profile:
+        cell["profile"] = {name: profile_phases(rows[name], a.clock)
+                           for name in ("baseline", "fast", "oracle", "plain_short", "slow") if name in rows}
+    return cell
+
+
+# ---------------------------------------------------------------- where the time goes
+
+
+def _code_key(fn) -> tuple:
+    code = inspect.unwrap(fn).__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def phase_functions() -> Dict[str, list]:
+    """Functions whose inclusive time makes up each phase of a step (LLaVA's, DualSpeed's and transformers')."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+    return {
+        "vision + projector": [CLIPVisionTower.forward, torch.nn.Sequential.forward],
+        "selection": [prune_indices],
+        "LLM forward": [LlamaModel.forward],
+        "backward": [torch.autograd.backward],
+    }
+
+
+def profile_phases(fn: Callable[[], object], clock: str) -> Dict[str, float]:
+    """Seconds of one call of `fn` per phase (cProfile inclusive times on `clock`); "other" is the rest: input
+    splicing, isolator, LM head and loss, Python overhead."""
+    timer = CLOCKS[clock]
+    prof = cProfile.Profile(timer)
+    start = timer()
+    prof.enable()
+    fn()
+    prof.disable()
+    total = timer() - start
+    stats = pstats.Stats(prof).stats
+    out = {phase: sum(stats[k][3] for k in map(_code_key, fns) if k in stats) for phase, fns in phase_functions().items()}
+    out["other"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
+# ---------------------------------------------------------------- short real training runs
+
+
+def schedule_seed(steps: int, warmup: int, slow_ratio: float) -> int:
+    """Smallest seed whose schedule has exactly round(r * timed) slow steps among the timed steps (the run's mix
+    is the nominal r as nearly as an integer count allows) and, with >= 2 warm-up steps, both modes in the warm-up
+    (both code paths warm before timing starts)."""
+    timed = steps - warmup
+    want = round(slow_ratio * timed)
+    for seed in range(100_000):
+        slow = [is_slow_step(seed, g, 0, slow_ratio) for g in range(steps)]
+        both = warmup < 2 or slow_ratio in (0.0, 1.0) or len(set(slow[:warmup])) == 2
+        if both and sum(slow[warmup:]) == want:
+            return seed
+    raise RuntimeError(f"no schedule seed gives {want} slow steps in {timed} timed steps at r={slow_ratio}")
+
+
+class Lockstep:
+    """Lets several Trainer runs, each in its own thread, take turns one optimizer step at a time, so that load
+    changes on a shared machine hit them alike. Only the runner holding the turn works (the others wait), so the
+    process's CPU time between a runner's resume and its hand-off is that runner's own; those intervals are
+    recorded per step on both clocks. `prepare(name)` is called whenever a runner (re)gains the turn."""
+
+    def __init__(self, names: List[str], prepare: Callable[[str], None]):
+        self.names, self.prepare = list(names), prepare
+        self.turn, self.done = self.names[0], set()
+        self.cond = threading.Condition()
+        self.start: Dict[str, Dict[str, float]] = {}
+        self.steps: Dict[str, Dict[str, List[float]]] = {n: {c: [] for c in CLOCKS} for n in self.names}
+
+    def _next(self, name: str) -> str:
+        i = self.names.index(name)
+        for other in self.names[i + 1:] + self.names[:i + 1]:
+            if other not in self.done:
+                return other
+        return name
+
+    def acquire(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == name)
+        self.prepare(name)
+        self.start[name] = {c: read() for c, read in CLOCKS.items()}
+
+    def step_done(self, name: str) -> None:
+        """End of an optimizer step: record it, hand the turn on, wait for it to come back."""
+        for c, read in CLOCKS.items():
+            self.steps[name][c].append(read() - self.start[name][c])
+        with self.cond:
+            self.turn = self._next(name)
+            self.cond.notify_all()
+        self.acquire(name)
+
+    def finish(self, name: str) -> None:
+        with self.cond:
+            self.done.add(name)
+            self.turn = self._next(name)
+            self.cond.notify_all()
+
+    def callback(self, name: str):
+        """A TrainerCallback that takes turns as `name`."""
+        from transformers import TrainerCallback
+
+        lock = self
+
+        class _TakeTurns(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                lock.start[name] = {c: read() for c, read in CLOCKS.items()}  # setup before this is not timed
+
+            def on_step_end(self, args, state, control, **kwargs):
+                lock.step_done(name)
+
+        return _TakeTurns()
+
+    def run(self, jobs: Dict[str, Callable[[], object]]) -> None:
+        """Run each job (a `trainer.train`) in its own thread, taking turns; re-raise the first failure."""
+        errors: List[BaseException] = []
+        threads_per_run = torch.get_num_threads()
+
+        def work(name: str) -> None:
+            torch.set_num_threads(threads_per_run)
+            try:
+                self.acquire(name)
+                jobs[name]()
+            except BaseException as exc:  # noqa: BLE001  (handed to the main thread)
+                errors.append(exc)
+            finally:
+                self.finish(name)
+
+        threads = [threading.Thread(target=work, args=(n,), name=f"bench-{n}") for n in self.names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+
+def build_trainer(a, pristine, stage: str, s: dict, batch: int, image_side: int, dualspeed: bool, seed: int,
+                  output_dir: str, callbacks: list):
+    """A LLaVATrainer for a short run of `stage` (plain LLaVA, or DualSpeed set up as its training entry does);
+    returns (trainer, LLaVA model)."""
+    from llava.train.arguments import TrainingArguments
+    from llava.train.llava_trainer import LLaVATrainer
+    from dualspeed_patch.train import setup_dualspeed
+
+    model = copy.deepcopy(pristine)
+    step_model = prepare_stage(model, stage, lora_r=a.lora_r, lora_alpha=2 * a.lora_r)
+    data = SyntheticDataset(a.e2e_steps * batch, s["text"], s["answer"], s["image_at"], image_side, a.vocab, seed=a.seed)
+    args = TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=batch, max_steps=a.e2e_steps, learning_rate=s["lr"],
+        lr_scheduler_type="constant", weight_decay=0.0, save_strategy="no", logging_strategy="no", report_to="none",
+        use_cpu=True, seed=seed, dataloader_num_workers=0, disable_tqdm=True, lora_enable=stage == "sft",
+        mm_projector_lr=s["projector_lr"],
+    )
+    args.tune_mm_mlp_adapter = stage == "pretrain"  # as llava.train.train sets it
+    callbacks = list(callbacks)
+    if dualspeed:
+        ds = dualspeed_args(a, "divprune", a.slow_ratio)
+        model_args = SimpleNamespace(pretrain_mm_mlp_adapter=None, tune_mm_mlp_adapter=stage == "pretrain")
+        callbacks += setup_dualspeed(step_model, model_args, SimpleNamespace(), args, ds)
+    trainer = LLaVATrainer(model=step_model, args=args, train_dataset=data, data_collator=collate, callbacks=callbacks)
+    return trainer, model
+
+
+def measure_e2e(a, pristine, stage: str, counts: dict, stages: dict, image_side: int, cell: dict) -> dict:
+    """Baseline and DualSpeed LLaVATrainer runs of one stage, advancing in lockstep (one optimizer step each in
+    turn), and the speed-up predicted from the cell's step costs for the slow share the run actually had."""
+    s, batch = stages[stage], counts["llava15"]["batch"]
+    r = a.slow_ratio if stage == "sft" else 0.0
+    seed = schedule_seed(a.e2e_steps, a.e2e_warmup, r) if 0.0 < r < 1.0 else a.seed
+    timed = a.e2e_steps - a.e2e_warmup
+    slow_timed = sum(is_slow_step(seed, g, 0, r) for g in range(a.e2e_warmup, a.e2e_steps))
+    share = slow_timed / timed
+    lock = Lockstep(["baseline", "dualspeed"], lambda name: (patch.apply if name == "dualspeed" else patch.remove)())
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patch.apply()
+        runs = {name: build_trainer(a, pristine, stage, s, batch, image_side, name == "dualspeed", seed,
+                                    str(Path(tmp) / name), [lock.callback(name)]) for name in lock.names}
+        lock.run({name: trainer.train for name, (trainer, _) in runs.items()})
+        patch.apply()
+    result = {"steps": a.e2e_steps, "warmup_steps": a.e2e_warmup, "timed_steps": timed, "schedule_seed": seed,
+              "slow_ratio": r, "slow_steps_timed": slow_timed, "slow_share_timed": share,
+              "slow_steps_expected_total": sum(is_slow_step(seed, g, 0, r) for g in range(a.e2e_steps))}
+    for name, (_, model) in runs.items():
+        steps = lock.steps[name]
+        if len(steps["wall"]) != a.e2e_steps:
+            raise RuntimeError(f"{stage} {name} run: expected {a.e2e_steps} optimizer steps, got {len(steps['wall'])}")
+        metrics = getattr(model, "_dualspeed_metrics", None)
+        result[name] = {c: {"seconds": sum(t[a.e2e_warmup:]), "per_step": summarise(t[a.e2e_warmup:])}
+                        for c, t in steps.items()}
+        result[name]["slow_steps_run_total"] = None if metrics is None else metrics.slow_steps
+    med = {k: v["median"] for k, v in cell["rows"].items()}
+    predicted = med["baseline"] / ((1 - share) * med["fast"] + share * med.get("slow", med["fast"]))
+    measured = {c: result["baseline"][c]["seconds"] / result["dualspeed"][c]["seconds"] for c in CLOCKS}
+    other = next(c for c in CLOCKS if c != a.clock)
+    result.update(measured_speedup=measured[a.clock], predicted_speedup=predicted,
+                  relative_error=measured[a.clock] / predicted - 1.0, **{f"measured_speedup_{other}": measured[other]})
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def verdicts(result: dict) -> List[dict]:
+    """Every target with its measured value and PASS/MISS (`kind`: ratio, share or error, for formatting)."""
+    out = []
+
+    def add(target: str, kind: str, value: float, limit: float, ok: bool) -> None:
+        out.append({"target": target, "kind": kind, "value": value, "limit": limit, "pass": bool(ok)})
+
+    for key, cell in result["cells"].items():
+        r = cell["ratios"]
+        v = r["fast_over_oracle"]["value"]
+        add(f"fast ≤ 1.03 × oracle [{key}]", "ratio", v, TARGETS["fast_over_oracle"], v <= TARGETS["fast_over_oracle"])
+        if "slow_over_reference" in r:
+            v = r["slow_over_reference"]["value"]
+            add(f"slow ≤ 1.10 × (baseline + pruned forward) [{key}]", "ratio", v, TARGETS["slow_over_reference"],
+                v <= TARGETS["slow_over_reference"])
+        if key.startswith("llava15/") and "share/divprune" in r:
+            v = r["share/divprune"]["value"]
+            add(f"DivPrune selection < 1% of fast step [{key}]", "share", v, TARGETS["divprune_share"],
+                v < TARGETS["divprune_share"])
+    for stage, e in result["e2e"].items():
+        v = e["relative_error"]
+        add(f"end-to-end speed-up within 5% of predicted [llava15/{stage}]", "error", v, TARGETS["e2e_relative_error"],
+            abs(v) <= TARGETS["e2e_relative_error"])
+    return out
+
+
+def _ms(row: Optional[dict]) -> str:
+    if row is None:
+        return "—"
+    return f"{row['median'] * 1e3:.1f} [{row['min'] * 1e3:.1f}–{row['max'] * 1e3:.1f}]"
+
+
+def _ratio(r: Optional[dict], digits: int = 3) -> str:
+    if r is None:
+        return "—"
+    spread = f" [{r['min']:.{digits}f}–{r['max']:.{digits}f}]" if "min" in r else ""
+    return f"{r['value']:.{digits}f}{spread}"
+
+
+def markdown(result: dict) -> str:
+    """The result as Markdown tables (ms: median [min–max] over calls; ratios: median [min–max] over rounds)."""
+    cfg = result["config"]
+    clock = cfg["clock"]
+    lines = [
+        f"Model: LLM {cfg['llm_parameters'] / 1e6:.1f}M parameters (hidden {cfg['hidden']}, {cfg['layers']} layers, "
+        f"vocab {cfg['vocab']}), tiny CLIP, fp32, {cfg['threads']} thread(s); p = {cfg['pruning_ratio']}, "
+        f"isolator l = {cfg['isolator_len']}, r = {cfg['slow_ratio']}, LoRA r = {cfg['lora_r']}; "
+        f"{cfg['repeats']} interleaved rounds after {cfg['warmup']} warm-up round(s), cheap variants timed "
+        f"{cfg['cheap_repeats']}× per round; times on the {clock} clock. Times: median [min–max] over calls; "
+        "ratios: taken within each round, median [min–max] over rounds.",
+        "",
+    ]
+    lines += [f"- {note}" for note in result["notes"]] + [""]
+    lines += ["| counts | stage | batch | seq full → fast | baseline ms | fast ms | oracle ms | plain short ms | slow ms | "
+              "pruned fwd ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, c in result["cells"].items():
+        count, stage = key.split("/")
+        rows = c["rows"]
+        lines.append(f"| {count} | {stage} | {c['batch']} | {c['sequence_full']} → {c['sequence_fast']} | "
+                     f"{_ms(rows['baseline'])} | {_ms(rows['fast'])} | {_ms(rows['oracle'])} | {_ms(rows['plain_short'])} | "
+                     f"{_ms(rows.get('slow'))} | "
+                     f"{_ms(rows.get('pruned_forward'))} |")
+    lines += ["", "| counts | stage | fast / oracle (≤ 1.03) | slow / (baseline + pruned fwd) (≤ 1.10) | "
+              "oracle / plain short | predicted speed-up | limit: baseline / oracle |", "|---|---|---|---|---|---|---|"]
+    for key, c in result["cells"].items():
+        count, stage = key.split("/")
+        r = c["ratios"]
+        pred = f"{r['predicted_speedup']['value']:.2f}× (r = {r['predicted_speedup']['slow_ratio']})"
+        lines.append(f"| {count} | {stage} | {_ratio(r['fast_over_oracle'])} | {_ratio(r.get('slow_over_reference'))} | "
+                     f"{_ratio(r['oracle_over_plain_short'])} | {pred} | {r['limit_speedup']['value']:.2f}× |")
+    lines += ["", "| counts | stage | pruner | selection ms | share of fast step |", "|---|---|---|---|---|"]
+    for key, c in result["cells"].items():
+        count, stage = key.split("/")
+        for name in SELECTION_PRUNERS:
+            if f"select/{name}" in c["rows"]:
+                share = c["ratios"][f"share/{name}"]
+                lines.append(f"| {count} | {stage} | {name} | {_ms(c['rows'][f'select/{name}'])} | "
+                             f"{share['value'] * 100:.2f}% [{share['min'] * 100:.2f}–{share['max'] * 100:.2f}] |")
+    if result["e2e"]:
+        lines += ["", f"| stage (LLaVA-1.5 counts) | timed steps (slow) | baseline s ({clock}) | DualSpeed s ({clock}) | "
+                  "measured speed-up | "
+                  "predicted | measured / predicted − 1 |", "|---|---|---|---|---|---|---|"]
+        for stage, e in result["e2e"].items():
+            wall = e.get("measured_speedup_wall", e["measured_speedup"])
+            lines.append(f"| {stage} | {e['timed_steps']} ({e['slow_steps_timed']}) | {e['baseline'][clock]['seconds']:.2f} | "
+                         f"{e['dualspeed'][clock]['seconds']:.2f} | {e['measured_speedup']:.2f}× (wall {wall:.2f}×) | "
+                         f"{e['predicted_speedup']:.2f}× | {e['relative_error'] * 100:+.1f}% |")
+    profiled = {k: c["profile"] for k, c in result["cells"].items() if "profile" in c}
+    if profiled:
+        phases = list(next(iter(profiled.values()))["baseline"])
+        lines += ["", "Where the time goes (one profiled step, ms; cProfile inclusive times):", "",
+                  "| counts | stage | step | " + " | ".join(phases) + " |", "|---|---|---|" + "---|" * len(phases)]
+        for key, prof in profiled.items():
+            count, stage = key.split("/")
+            for row, ph in prof.items():
+                lines.append(f"| {count} | {stage} | {row} | " + " | ".join(f"{ph[p] * 1e3:.1f}" for p in phases) + " |")
+    lines += ["", "| target | value | limit | verdict |", "|---|---|---|---|"]
+    for v in result["targets"]:
+        if v["kind"] == "ratio":
+            value, limit = f"{v['value']:.3f}", f"{v['limit']:.2f}"
+        elif v["kind"] == "share":
+            value, limit = f"{v['value'] * 100:.2f}%", f"< {v['limit'] * 100:.0f}%"
+        else:
+            value, limit = f"{v['value'] * 100:+.1f}%", f"±{v['limit'] * 100:.0f}%"
+        lines.append(f"| {v['target']} | {value} | {limit} | {'PASS' if v['pass'] else 'MISS'} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one tiny iteration in seconds (smoke test)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--batch15", type=int, default=4, help="batch size at LLaVA-1.5 counts")
+    p.add_argument("--batch-next", type=int, default=1, help="batch size at NeXT counts")
+    p.add_argument("--pruning-ratio", type=float, default=0.9)
+    p.add_argument("--slow-ratio", type=float, default=0.1)
+    p.add_argument("--isolator-len", type=int, default=4)
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2 r); the recipe's 128 at hidden 4096, scaled")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cheap-repeats", type=int, default=3,
+                   help="calls per repeat of the cheap variants (all but baseline and slow), for tighter ratios")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds")
+    p.add_argument("--counts", nargs="+", default=["llava15", "next"], choices=["llava15", "next"])
+    p.add_argument("--stages", nargs="+", default=["pretrain", "sft"], choices=["pretrain", "sft"])
+    p.add_argument("--e2e-steps", type=int, default=12,
+                   help="optimizer steps of each real training run (baseline and DualSpeed in lockstep; 0: skip)")
+    p.add_argument("--e2e-warmup", type=int, default=2, help="untimed steps at the start of each real run (>= 1)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default=None,
+                   help="clock of the reported times and ratios: cpu (process CPU time; default with 1 thread, robust "
+                        "to other processes on the machine) or wall (default with more threads); both are recorded")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one baseline / fast / oracle / slow step per cell: time per phase")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(REPO / "outputs" / "step_costs.json"))
+    a = p.parse_args(argv)
+    if a.quick:
+        a.hidden, a.layers, a.vocab, a.repeats, a.warmup, a.cheap_repeats = 64, 2, 512, 1, 1, 1
+        a.batch15, a.batch_next, a.e2e_steps, a.e2e_warmup, a.lora_r = 2, 1, 3, 2, 4
+    if a.clock is None:
+        a.clock = "cpu" if a.threads == 1 else "wall"
+    if a.e2e_steps and not 1 <= a.e2e_warmup < a.e2e_steps:
+        p.error(f"--e2e-warmup must be in [1, --e2e-steps), got {a.e2e_warmup} with --e2e-steps {a.e2e_steps}")
+    return a
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    counts, stages = count_settings(a), stage_settings(a)
+    result = {"config": {**vars(a), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                         "machine": platform.processor() or platform.machine(), "targets": TARGETS},
+              "notes": [counts[c]["label"] for c in a.counts], "cells": {}, "e2e": {}}
+    patch.apply()
+    for count in a.counts:
+        pristine, image_side = build_model(counts[count]["visual_side"], a.hidden, a.layers, a.vocab, seed=a.seed)
+        result["config"]["llm_parameters"] = llm_parameters(pristine)
+        for stage in a.stages:
+            key = f"{count}/{stage}"
+            print(f"[{time.perf_counter() - started:6.0f} s] step costs {key}", flush=True)
+            result["cells"][key] = measure_cell(a, pristine, count, stage, counts, stages, image_side)
+            if count == "llava15" and a.e2e_steps:
+                print(f"[{time.perf_counter() - started:6.0f} s] training runs {stage}", flush=True)
+                result["e2e"][stage] = measure_e2e(a, pristine, stage, counts, stages, image_side, result["cells"][key])
+                patch.apply()
+        del pristine
+    result["targets"] = verdicts(result)
+    result["config"]["seconds"] = time.perf_counter() - started
+    result["config"]["load_average_before"] = load_before
+    result["config"]["load_average_after"] = os.getloadavg()
+    table = markdown(result)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')} in {result['config']['seconds']:.0f} s "
+          f"(load average {load_before[0]:.2f} before, {result['config']['load_average_after'][0]:.2f} after)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
