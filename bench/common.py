@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -24,13 +24,20 @@ if str(REPO) not in sys.path:
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 
 PATCH = 14  # CLIP ViT-L/14 patch size: an image of side s * 14 gives s * s visual tokens
+NEXT_GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # LLaVA-NeXT's anyres grids, (columns, rows) of tiles
+
+
+def next_pinpoints(tile_px: int) -> str:
+    """LLaVA-NeXT's `image_grid_pinpoints` for tiles of `tile_px` pixels ("[(336,672),...]" at 336)."""
+    return "[" + ",".join(f"({c * tile_px},{r * tile_px})" for c, r in NEXT_GRIDS) + "]"
 
 
 def build_model(visual_side: int, hidden: int = 512, layers: int = 8, vocab: int = 4096, clip_hidden: int = 64,
-                clip_layers: int = 2, seed: int = 0):
+                clip_layers: int = 2, seed: int = 0, anyres: bool = False):
     """A random LLaVA-1.5-shaped model: CLIP (patch 14, `visual_side`² patch tokens, select layer -2, mlp2x_gelu
     projector) + a LLaMA of `layers` x `hidden` (SwiGLU width 8/3 hidden, 64-dim heads). The CLIP is saved and
-    loaded back by `initialize_vision_modules`, as in training. Returns (model, image side in pixels)."""
+    loaded back by `initialize_vision_modules`, as in training. `anyres`: LLaVA-NeXT's setup instead (anyres with
+    NeXT's grids, spatial_unpad merging, a learned image_newline). Returns (model, image side in pixels)."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig
 
     from llava.model import LlavaLlamaForCausalLM
@@ -50,8 +57,11 @@ def build_model(visual_side: int, hidden: int = 512, layers: int = 8, vocab: int
         CLIPVisionModel(clip_cfg).save_pretrained(clip_dir)
         CLIPImageProcessor(size={"shortest_edge": image}, crop_size={"height": image, "width": image}).save_pretrained(clip_dir)
         args = SimpleNamespace(vision_tower=str(clip_dir), mm_vision_select_layer=-2, mm_projector_type="mlp2x_gelu",
-                               mm_vision_select_feature="patch", mm_patch_merge_type="flat", pretrain_mm_mlp_adapter=None)
+                               mm_vision_select_feature="patch", pretrain_mm_mlp_adapter=None,
+                               mm_patch_merge_type="spatial_unpad" if anyres else "flat")
         model.get_model().initialize_vision_modules(args)
+    if anyres:
+        model.config.image_aspect_ratio, model.config.image_grid_pinpoints = "anyres", next_pinpoints(image)
     return model, image
 
 
@@ -80,6 +90,18 @@ def synthetic_batch(batch: int, text: int, answer: int, image_at: int, image_sid
     }
 
 
+def anyres_batch(batch: int, text: int, answer: int, image_at: int, tile_px: int, grid: Tuple[int, int], vocab: int,
+                 seed: int = 0) -> Dict[str, object]:
+    """`synthetic_batch` with LLaVA-NeXT inputs: each image an anyres stack [1 + cols * rows, 3, tile, tile] (base
+    view + tiles) of an image exactly covering a `grid` = (cols, rows) of tiles, and its `image_sizes` (w, h)."""
+    cols, rows = grid
+    out = synthetic_batch(batch, text, answer, image_at, tile_px, vocab, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    out["images"] = torch.randn(batch, 1 + cols * rows, 3, tile_px, tile_px, generator=gen)
+    out["image_sizes"] = [(cols * tile_px, rows * tile_px)] * batch
+    return out
+
+
 class SyntheticDataset(torch.utils.data.Dataset):
     """`size` samples cut from synthetic batches (fixed per index), for a real Trainer run of the same shapes."""
 
@@ -104,11 +126,19 @@ def prepare_stage(model, stage: str, lora_r: int = 16, lora_alpha: int = 32, lor
 
     "pretrain": LLM and vision tower frozen, projector trainable (LLaVA stage 1).
     "sft": LoRA (peft) on the LLM's linear layers + trainable projector, vision tower frozen (LLaVA LoRA SFT);
-    returns the peft wrapper. An isolator attached later is trainable in both.
+    returns the peft wrapper. In both, a NeXT `image_newline` trains with the projector, and an isolator attached
+    later is trainable.
     """
+
+    def multimodal_trainable() -> None:
+        base = model.get_model()
+        base.mm_projector.requires_grad_(True)
+        if getattr(base, "image_newline", None) is not None:
+            base.image_newline.requires_grad_(True)
+
     if stage == "pretrain":
         model.requires_grad_(False)
-        model.get_model().mm_projector.requires_grad_(True)
+        multimodal_trainable()
         return model
     if stage != "sft":
         raise ValueError(f"stage must be 'pretrain' or 'sft', got {stage!r}")
@@ -119,7 +149,7 @@ def prepare_stage(model, stage: str, lora_r: int = 16, lora_alpha: int = 32, lor
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                         target_modules=find_all_linear_names(model), task_type="CAUSAL_LM")
     wrapped = get_peft_model(model, config)
-    model.get_model().mm_projector.requires_grad_(True)
+    multimodal_trainable()
     return wrapped
 
 

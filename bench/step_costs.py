@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     CLOCKS,
     REPO,
     SyntheticDataset,
+    anyres_batch,
     build_model,
     collate,
     llm_parameters,
@@ -59,7 +60,7 @@ from common import (  # noqa: E402
 )
 
 import dualspeed_patch.patch as patch  # noqa: E402
-from dualspeed_patch import DualSpeedArguments, kept_tokens  # noqa: E402
+from dualspeed_patch import DualSpeedArguments, kept_tokens_tensor  # noqa: E402
 from dualspeed_patch.isolator import attach_isolator  # noqa: E402
 from dualspeed_patch.modes import ModeSchedule, is_slow_step  # noqa: E402
 from dualspeed_patch.pruners import available_pruners, check_inputs, effective_keep, prune_indices, register_pruner  # noqa: E402
@@ -93,15 +94,22 @@ register_pruner(ORACLE_PRUNER, first_k_select)
 
 
 def count_settings(a: argparse.Namespace) -> Dict[str, dict]:
-    """Visual-token counts to measure: LLaVA-1.5 (576) and the NeXT stand-in (one 54 x 54 view)."""
-    side15, side_next = (4, 6) if a.quick else (24, 54)
-    return {
-        "llava15": {"visual_side": side15, "batch": a.batch15,
-                    "label": f"LLaVA-1.5: {side15 ** 2} visual tokens per image"},
-        "next": {"visual_side": side_next, "batch": a.batch_next,
-                 "label": f"NeXT stand-in: one {side_next}x{side_next} view = {side_next ** 2} visual tokens "
-                          "(anyres tiling is not yet supported by the patch; NeXT's 5 x 576 + newlines is ~2880)"},
-    }
+    """Visual-token counts to measure: LLaVA-1.5 (576 per image) and LLaVA-NeXT (anyres: base view + 2 x 2 tiles,
+    spatial_unpad, ~2900 packed tokens; or, with --next-views single, one 54 x 54 view standing in for it)."""
+    side15 = 4 if a.quick else 24
+    settings = {"llava15": {"visual_side": side15, "batch": a.batch15, "anyres": False,
+                            "label": f"LLaVA-1.5: {side15 ** 2} visual tokens per image"}}
+    if a.next_views == "anyres":
+        t = side15
+        settings["next"] = {
+            "visual_side": t, "batch": a.batch_next, "anyres": True, "grid": (2, 2),
+            "label": f"LLaVA-NeXT: anyres image of 2 x 2 tiles (NeXT's grids, spatial_unpad): base view {t * t} + "
+                     f"tiles {2 * t}x{2 * t} + {2 * t} newlines = {t * t + 4 * t * t + 2 * t} packed visual tokens"}
+    else:
+        side = 6 if a.quick else 54
+        settings["next"] = {"visual_side": side, "batch": a.batch_next, "anyres": False,
+                            "label": f"NeXT stand-in: one {side}x{side} view = {side * side} visual tokens"}
+    return settings
 
 
 def stage_settings(a: argparse.Namespace) -> Dict[str, dict]:
@@ -121,14 +129,14 @@ def dualspeed_args(a: argparse.Namespace, method: str, slow_ratio: float) -> Dua
 # ---------------------------------------------------------------- per-step costs
 
 
-def step_rows(a, llava, step_model, batch: Dict[str, torch.Tensor], stage: str) -> Dict[str, Callable[[], object]]:
-    """The timed variants of one (counts, stage) cell, as zero-argument callables."""
+def step_rows(a, llava, step_model, batch: Dict[str, object], stage: str):
+    """The timed variants of one (counts, stage) cell as zero-argument callables, and the cell's token counts."""
     fast_args, oracle_args = dualspeed_args(a, "divprune", 0.0), dualspeed_args(a, ORACLE_PRUNER, 0.0)
     slow_args = dualspeed_args(a, "divprune", 1.0)
 
-    def train_step():
+    def train_step(inputs=batch):
         step_model.zero_grad(set_to_none=True)
-        step_model(**batch).loss.backward()
+        step_model(**inputs).loss.backward()
 
     def baseline():
         patch.remove()  # plain LLaVA: its own prepare_inputs_labels_for_multimodal and forward
@@ -144,13 +152,32 @@ def step_rows(a, llava, step_model, batch: Dict[str, torch.Tensor], stage: str) 
             train_step()
         return run
 
-    short = kept_tokens(llava.get_vision_tower().num_patches, a.pruning_ratio) + a.isolator_len
+    # Each image's final visual sequence (packed on NeXT), as every pruner sees it.
+    llava._dualspeed_args = fast_args
+    with torch.no_grad():
+        features, lengths, _ = patch.visual_sequences(llava, batch["images"], image_sizes=batch.get("image_sizes"))
+    b, n = features.shape[:2]
+    keep = kept_tokens_tensor(lengths, a.pruning_ratio)
+    valid = torch.arange(n).unsqueeze(0) < lengths.unsqueeze(1)
+    short = int(keep.max()) + a.isolator_len
+    views = batch["images"]
+    # plain_short: every view is encoded as in the real step, then LLaVA gets the first K + l tokens of each image
+    # through its single-view path (a stand-in 4-D image), so no packing, selection or isolator is involved.
+    plain_inputs = {k: v for k, v in batch.items() if k != "image_sizes"}
+    if views.ndim == 5:
+        plain_inputs["images"] = views[:, 0]
+
+    def short_features(_images):
+        encode = type(llava).encode_images
+        feats = encode(llava, views.flatten(0, 1)).unflatten(0, views.shape[:2]).flatten(1, 2) if views.ndim == 5 \
+            else encode(llava, views)
+        return feats[:, :short]
 
     def plain_short():
         patch.remove()
-        llava.encode_images = lambda images: type(llava).encode_images(llava, images)[:, :short]
+        llava.encode_images = short_features
         try:
-            train_step()
+            train_step(plain_inputs)
         finally:
             del llava.encode_images
             patch.apply()
@@ -164,16 +191,14 @@ def step_rows(a, llava, step_model, batch: Dict[str, torch.Tensor], stage: str) 
             "plain_short": plain_short}
     if stage == "sft":  # pretraining runs fast steps only (the paper's recipe)
         rows.update(slow=dualspeed_step(slow_args), pruned_forward=pruned_forward)
-
-    with torch.no_grad():
-        features = llava.encode_images(batch["images"]).detach()
-    b, n = features.shape[:2]
-    keep = kept_tokens(n, a.pruning_ratio)
-    context = {"seed": a.seed + 1, "cls_attention": torch.randn(b, n).softmax(dim=1)}
+    features = features.detach()
+    context = {"seed": a.seed + 1, "cls_attention": torch.randn(b, n).masked_fill(~valid, -1e9).softmax(dim=1)}
     for name in SELECTION_PRUNERS:
         if name in available_pruners():
-            rows[f"select/{name}"] = (lambda m=name: prune_indices(m, features, keep, None, **context))
-    return rows
+            rows[f"select/{name}"] = (lambda m=name: prune_indices(m, features, keep, valid, **context))
+    info = {"visual_tokens": int(lengths.max()), "kept_tokens": int(keep.max()),
+            "views_per_image": int(views.shape[1]) if views.ndim == 5 else 1}
+    return rows, info
 
 
 def round_medians(samples: List[float], rounds: int) -> List[float]:
@@ -196,16 +221,18 @@ def measure_cell(a, pristine, count: str, stage: str, counts: dict, stages: dict
     step_model = prepare_stage(model, stage, lora_r=a.lora_r, lora_alpha=2 * a.lora_r)
     attach_isolator(model, a.isolator_len, announce=False)
     model.train()
-    batch = synthetic_batch(c["batch"], s["text"], s["answer"], s["image_at"], image_side, a.vocab, seed=a.seed)
-    rows = step_rows(a, model, step_model, batch, stage)
+    if c["anyres"]:
+        batch = anyres_batch(c["batch"], s["text"], s["answer"], s["image_at"], image_side, c["grid"], a.vocab, a.seed)
+    else:
+        batch = synthetic_batch(c["batch"], s["text"], s["answer"], s["image_at"], image_side, a.vocab, seed=a.seed)
+    rows, info = step_rows(a, model, step_model, batch, stage)
     patch.apply()
     weights = {name: 1 if name in ("baseline", "slow") else a.cheap_repeats for name in rows}
     both = time_interleaved(rows, repeats=a.repeats, warmup=a.warmup, weights=weights)
     times, other = both[a.clock], next(c for c in CLOCKS if c != a.clock)
-    n = c["visual_side"] ** 2
-    k = kept_tokens(n, a.pruning_ratio)
+    n, k = info["visual_tokens"], info["kept_tokens"]
     cell = {
-        "visual_tokens": n, "kept_tokens": k, "batch": c["batch"], "text_tokens": s["text"],
+        **info, "batch": c["batch"], "text_tokens": s["text"],
         "answer_tokens": s["answer"], "sequence_full": s["text"] - 1 + n,
         "sequence_fast": s["text"] - 1 + k + a.isolator_len,
         "rows": {name: summarise(t) for name, t in times.items()},  # on --clock
@@ -555,6 +582,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--batch15", type=int, default=4, help="batch size at LLaVA-1.5 counts")
     p.add_argument("--batch-next", type=int, default=1, help="batch size at NeXT counts")
+    p.add_argument("--next-views", choices=["anyres", "single"], default="anyres",
+                   help="NeXT counts from real anyres images (2 x 2 tiles) or from one 54 x 54 view")
     p.add_argument("--pruning-ratio", type=float, default=0.9)
     p.add_argument("--slow-ratio", type=float, default=0.1)
     p.add_argument("--isolator-len", type=int, default=4)
@@ -602,7 +631,8 @@ def main(argv=None) -> dict:
               "notes": [counts[c]["label"] for c in a.counts], "cells": {}, "e2e": {}}
     patch.apply()
     for count in a.counts:
-        pristine, image_side = build_model(counts[count]["visual_side"], a.hidden, a.layers, a.vocab, seed=a.seed)
+        pristine, image_side = build_model(counts[count]["visual_side"], a.hidden, a.layers, a.vocab, seed=a.seed,
+                                           anyres=counts[count]["anyres"])
         result["config"]["llm_parameters"] = llm_parameters(pristine)
         for stage in a.stages:
             key = f"{count}/{stage}"

@@ -39,10 +39,14 @@ def test_quick_run_reports_every_row(tmp_path):
         assert all(finite(r["value"]) and r["value"] > 0 for r in ratios.values()), key
         assert ratios["predicted_speedup"]["slow_ratio"] == (0.1 if stage == "sft" else 0.0)
 
-    # --quick: 4 x 4 and 6 x 6 patches; K = round(0.1 N) = 2 and 4; + 4 isolator vectors; text 12 / 24 tokens.
+    # --quick: 4 x 4 patches per view. LLaVA-1.5: 16 tokens, K = round(1.6) = 2. NeXT (anyres, 2 x 2 tiles,
+    # spatial_unpad): 16 base + 8 x 8 tiles + 8 newlines = 88 tokens, K = round(8.8) = 9. + 4 isolator vectors;
+    # text 12 (pretrain) / 24 (SFT) tokens, one of them the image placeholder.
     c15, cnext = result["cells"]["llava15/pretrain"], result["cells"]["next/sft"]
-    assert (c15["visual_tokens"], c15["kept_tokens"], c15["sequence_full"], c15["sequence_fast"]) == (16, 2, 27, 17)
-    assert (cnext["visual_tokens"], cnext["kept_tokens"], cnext["sequence_full"], cnext["sequence_fast"]) == (36, 4, 59, 31)
+    assert (c15["visual_tokens"], c15["kept_tokens"], c15["views_per_image"]) == (16, 2, 1)
+    assert (c15["sequence_full"], c15["sequence_fast"]) == (27, 17)
+    assert (cnext["visual_tokens"], cnext["kept_tokens"], cnext["views_per_image"]) == (88, 9, 5)
+    assert (cnext["sequence_full"], cnext["sequence_fast"]) == (111, 36)
 
     assert set(result["e2e"]) == {"pretrain", "sft"}
     for stage, e in result["e2e"].items():
@@ -61,4 +65,4 @@ def test_quick_run_reports_every_row(tmp_path):
     assert len(result["targets"]) == 10
     assert all(isinstance(t["pass"], bool) and finite(t["value"]) for t in result["targets"])
     table = out.with_suffix(".md").read_text()
-    assert table.count("| llava15 | sft |") == 7 and "NeXT stand-in" in table  # 2 step tables + 5 selectors
+    assert table.count("| llava15 | sft |") == 7 and "LLaVA-NeXT: anyres" in table  # 2 step tables + 5 selectors
