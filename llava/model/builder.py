@@ -128,5 +128,55 @@ def _load_partial(model, weights: dict, source: str) -> None:
         raise ValueError(f"{source}: keys not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
 
 
+def read_training_only_weights(model_path: str) -> tuple[dict, Optional[str]]:
+    """The training-only weights (`TRAINING_ONLY_KEYS`, e.g. the DualSpeed mode isolator) a checkpoint holds.
+
+    `load_pretrained_model` skips them because plain inference does not use them; an opt-in evaluation mode
+    (pruned inference with the isolator) reads them here. Looked up, first hit wins, in: `<key>.bin` files
+    (written beside the adapter / projector, e.g. `mode_isolator.bin`), `non_lora_trainables.bin` (LoRA runs),
+    and the model's own safetensors (full or merged checkpoints; only the matching tensors are read).
+    Returns ({key without peft prefix: tensor}, the file they came from), or ({}, None) when none is stored.
+    """
+    candidates = [os.path.join(model_path, f"{key}.bin") for key in TRAINING_ONLY_KEYS]
+    candidates.append(os.path.join(model_path, "non_lora_trainables.bin"))
+    for path in candidates:
+        if os.path.isfile(path):
+            found = _training_only(load_projector_weights(path))
+            if found:
+                return found, path
+    for path in _safetensors_files(model_path):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as f:
+            found = _training_only({k: None for k in f.keys()})
+            if found:
+                return {k: f.get_tensor(k) for k in found}, path
+    return {}, None
+
+
+def _training_only(weights: dict) -> dict:
+    """The entries of `weights` that are training-only, keyed like the bare LLaVA model (`model.<name>...`)."""
+    picked = {}
+    for key, value in weights.items():
+        if not any(t in key for t in TRAINING_ONLY_KEYS):
+            continue
+        name = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+        picked[name] = value
+    return picked
+
+
+def _safetensors_files(model_path: str) -> list:
+    """The safetensors weight files of a saved model directory (single file or sharded index)."""
+    index = os.path.join(model_path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        import json
+
+        with open(index) as f:
+            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        return [os.path.join(model_path, s) for s in shards]
+    single = os.path.join(model_path, "model.safetensors")
+    return [single] if os.path.isfile(single) else []
+
+
 def _context_len(model) -> int:
     return getattr(model.config, "max_sequence_length", 2048)
