@@ -1,20 +1,23 @@
-"""Answer a LLaVA question file with a trained model (upstream flags); one JSON answer per line."""
+"""Answer a LLaVA question file with a trained model (upstream flags); one JSON answer per line.
+
+Extras: `--batch-size` (left-padded batched generation, greedy answers equal to batch 1) and the pruned-inference
+flags of `llava.eval.pruned_inference`. Other evaluation runners reuse `load_for_eval`, `answer_batch` (from
+`llava.eval.generation`, importable from here too), `build_prompt` and `batches`.
+"""
 import argparse
 import json
 import math
 import os
+import time
 import uuid
-from typing import List
+from typing import Iterator, List
 
-import torch
-from PIL import Image
 from tqdm import tqdm
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init
+from llava.eval.generation import EvalSession, answer_batch, load_for_eval, load_image  # noqa: F401  (reusable API)
+from llava.eval.pruned_inference import add_pruning_arguments
 
 
 def split_list(items: list, n: int) -> List[list]:
@@ -54,49 +57,47 @@ def build_prompt(question: str, conv_mode: str, use_im_start_end: bool, has_imag
     return conv.get_prompt()
 
 
+def has_image(question: dict) -> bool:
+    """Whether a question comes with an image (an absent or null "image" field means text-only)."""
+    return question.get("image") is not None
+
+
+def batches(questions: List[dict], size: int) -> Iterator[List[dict]]:
+    """Consecutive questions in groups of at most `size`; image and text-only questions are never mixed."""
+    if size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {size}")
+    group: List[dict] = []
+    for q in questions:
+        if group and (len(group) == size or has_image(group[0]) != has_image(q)):
+            yield group
+            group = []
+        group.append(q)
+    if group:
+        yield group
+
+
 def eval_model(args: argparse.Namespace) -> None:
-    disable_torch_init()
-    model_path = os.path.expanduser(args.model_path)
-    model_name = get_model_name_from_path(model_path)
-    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, args.model_base, model_name, device=args.device)
+    """Answer the question file (this chunk of it) into the answers file, one JSON line per question."""
+    session = load_for_eval(args)
     questions = get_chunk(read_questions(os.path.expanduser(args.question_file)), args.num_chunks, args.chunk_idx)
     answers_file = os.path.expanduser(args.answers_file)
     os.makedirs(os.path.dirname(answers_file) or ".", exist_ok=True)
-    use_im_start_end = getattr(model.config, "mm_use_im_start_end", False)
-    device, dtype = model.device, model.dtype
-
-    with open(answers_file, "w") as out:
-        for q in tqdm(questions, desc="answering"):
-            image_file = q.get("image")
-            prompt = build_prompt(q["text"], args.conv_mode, use_im_start_end, has_image=image_file is not None)
-            input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
-            images, image_sizes = None, None
-            if image_file is not None:
-                path = os.path.join(args.image_folder, image_file)
-                try:
-                    image = Image.open(path).convert("RGB")
-                except (OSError, ValueError) as e:
-                    raise ValueError(f"question {q['question_id']}: cannot read image {path}: {e}") from None
-                images = process_images([image], image_processor, model.config).to(device=device, dtype=dtype)
-                image_sizes = [image.size]
-            with torch.inference_mode():
-                output_ids = model.generate(
-                    input_ids.to(device),
-                    images=images,
-                    image_sizes=image_sizes,
-                    do_sample=args.temperature > 0,
-                    temperature=args.temperature if args.temperature > 0 else None,
-                    top_p=args.top_p,
-                    num_beams=args.num_beams,
-                    max_new_tokens=args.max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    use_cache=True,
-                )
-            text = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
-            record = {"question_id": q["question_id"], "prompt": q["text"], "text": text,
-                      "answer_id": uuid.uuid4().hex, "model_id": model_name, "metadata": {}}
-            out.write(json.dumps(record) + "\n")
+    use_im_start_end = getattr(session.model.config, "mm_use_im_start_end", False)
+    start, answered = time.time(), 0
+    with open(answers_file, "w") as out, tqdm(total=len(questions), desc="answering") as progress:
+        for group in batches(questions, args.batch_size):
+            with_image = has_image(group[0])
+            prompts = [build_prompt(q["text"], args.conv_mode, use_im_start_end, with_image) for q in group]
+            images = [load_image(args.image_folder, q["image"], q["question_id"]) for q in group] if with_image else None
+            texts = answer_batch(session, prompts, images, instructions=[q["text"] for q in group])
+            for q, text in zip(group, texts):
+                record = {"question_id": q["question_id"], "prompt": q["text"], "text": text,
+                          "answer_id": uuid.uuid4().hex, "model_id": session.model_name, "metadata": {}}
+                out.write(json.dumps(record) + "\n")
             out.flush()
+            answered += len(group)
+            progress.update(len(group))
+    print(f"answered {answered} questions in {time.time() - start:.1f}s -> {answers_file}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_beams", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--device", type=str, default="cuda", help="cuda (falls back to cpu when no GPU) or cpu")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="Questions per generate call (left-padded); greedy answers equal those of batch 1.")
+    add_pruning_arguments(p)
     return p
 
 

@@ -98,7 +98,7 @@ def _attach_instruction_scorer(model, method: str) -> None:
     """Instruction-aware pruners (CDPruner) score tokens against the question with CLIP's text tower."""
     from dualspeed_patch.pruners import get_pruner
 
-    if "relevance" not in getattr(get_pruner(method), "context_keys", ()):
+    if "relevance" not in getattr(get_pruner(method), "context_keys", ()) or "_dualspeed_text_scorer" in model.__dict__:
         return
     from dualspeed_patch.patch import settings
     from dualspeed_patch.train import attach_pruner_context

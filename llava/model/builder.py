@@ -1,6 +1,5 @@
 """`load_pretrained_model`: load any LLaVA checkpoint kind (full, LoRA + base, projector-only + base)."""
 import os
-import warnings
 from typing import Optional
 
 import torch
@@ -57,9 +56,12 @@ def load_pretrained_model(
         raise ValueError("8-/4-bit loading needs bitsandbytes on a CUDA GPU; load in 16/32 bit instead")
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
-    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", torch.float16 if device == "cuda" else torch.float32))
+    kwargs = dict(kwargs)
+    overwrite_config = _caller_conventions(kwargs)
+    use_flash_attn = use_flash_attn or bool(kwargs.pop("use_flash_attention_2", False))
+    dtype = _as_dtype(kwargs.pop("torch_dtype", kwargs.pop("dtype", None)), device)
     load_kwargs = dict(kwargs, dtype=dtype)
-    if device == "cuda":
+    if device == "cuda" and device_map:
         load_kwargs["device_map"] = device_map
     if use_flash_attn:
         load_kwargs["attn_implementation"] = "flash_attention_2"
@@ -70,29 +72,32 @@ def load_pretrained_model(
         model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)
         return tokenizer, model.to(device) if device != "cuda" else model, None, _context_len(model)
 
-    if _is_lora(model_path, model_name) and model_base is None:
-        warnings.warn(
-            f"{model_path} looks like a LoRA checkpoint but no model_base was given; loading it as a full model. "
-            "Pass --model-base (the LLM it was trained from), or merge it first with scripts/merge_lora_weights.py."
+    if model_base is None and os.path.isfile(os.path.join(model_path, "adapter_config.json")):
+        raise ValueError(
+            f"{model_path} is a LoRA checkpoint (it has adapter_config.json) and no model_base was given: pass "
+            "--model-base (the LLM it was trained from), or merge it first with scripts/merge_lora_weights.py."
         )
     if _is_lora(model_path, model_name) and model_base is not None:
         from peft import PeftModel
 
-        config = LlavaConfig.from_pretrained(model_path)
+        config = _overwritten(LlavaConfig.from_pretrained(model_path), overwrite_config)
         tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
         model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
         _load_partial(model, load_non_lora_trainables(model_path), os.path.join(model_path, "non_lora_trainables.bin"))
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
     elif model_base is not None:  # projector-only (pretraining output) on top of the base LLM
-        config = AutoConfig.from_pretrained(model_path)
+        config = _overwritten(AutoConfig.from_pretrained(model_path), overwrite_config)
         tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
         model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
         weights = load_projector_weights(os.path.join(model_path, "mm_projector.bin"))
-        _load_partial(model, {k: v.to(dtype) for k, v in weights.items()}, os.path.join(model_path, "mm_projector.bin"))
+        _load_partial(model, {k: v.to(model.dtype) for k, v in weights.items()}, os.path.join(model_path, "mm_projector.bin"))
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=False)
+        if overwrite_config:
+            load_kwargs["config"] = _overwritten(LlavaConfig.from_pretrained(model_path), overwrite_config)
         model = LlavaLlamaForCausalLM.from_pretrained(model_path, **load_kwargs)
 
+    dtype = model.dtype  # resolves dtype="auto"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
     if getattr(model.config, "mm_use_im_patch_token", True):
@@ -106,10 +111,49 @@ def load_pretrained_model(
     if not vision_tower.is_loaded:
         vision_tower.load_model(device_map=device_map if device == "cuda" else None)
     vision_tower.to(device=device, dtype=dtype)
-    if device != "cuda":
+    if device != "cuda" or "device_map" not in load_kwargs:
         model.to(device)
     model.eval()
     return tokenizer, model, vision_tower.image_processor, _context_len(model)
+
+
+def _caller_conventions(kwargs: dict) -> dict:
+    """Accept the keywords other LLaVA loaders' callers pass (lmms-eval's `llava` wrapper, LLaVA-NeXT scripts).
+
+    Removes them from `kwargs` in place: `multimodal` (every model here is multimodal) is dropped;
+    `overwrite_config` (a dict of config fields) is returned to be applied to the loaded config. Anything else
+    stays for `from_pretrained` (e.g. `attn_implementation`).
+    """
+    multimodal = kwargs.pop("multimodal", True)
+    if multimodal is False:
+        raise ValueError("load_pretrained_model(multimodal=False): this builder loads LLaVA (multimodal) models only")
+    if kwargs.get("customized_config") is not None:
+        raise ValueError("load_pretrained_model(customized_config=...) is not supported; pass overwrite_config={field: value}")
+    kwargs.pop("customized_config", None)
+    overwrite = kwargs.pop("overwrite_config", None) or {}
+    if not isinstance(overwrite, dict):
+        raise ValueError(f"overwrite_config must be a dict of config fields, got {type(overwrite).__name__}")
+    return overwrite
+
+
+def _overwritten(config, fields: dict):
+    """`config` with the given fields set (LLaVA-NeXT's `overwrite_config` convention)."""
+    for key, value in fields.items():
+        setattr(config, key, value)
+    return config
+
+
+def _as_dtype(value, device: str):
+    """`torch_dtype` / `dtype` as given (a torch.dtype, a name like "bfloat16", or "auto"); None gives the default,
+    float16 on CUDA and float32 on CPU."""
+    if value is None:
+        return torch.float16 if device == "cuda" else torch.float32
+    if isinstance(value, torch.dtype) or value == "auto":
+        return value
+    resolved = getattr(torch, str(value).replace("torch.", ""), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"torch_dtype={value!r} is not a torch dtype name (float16, bfloat16, float32 or auto)")
+    return resolved
 
 
 # Trainable weights that only matter during training (or to an opt-in evaluation mode) and are not part of a plain
