@@ -142,13 +142,17 @@ def test_merged_checkpoint_equals_lora_on_its_base(tiny_llm_path, checkpoints, m
     assert all(k.startswith("model.vision_tower.") for k in info["unexpected_keys"]), info["unexpected_keys"]
     plain.get_vision_tower().load_model()
     plain.eval()
-    # lmms-eval's call: no model base, its keyword conventions
-    _, lmms, _, _ = load_pretrained_model(str(merged_dir), None, get_model_name_from_path(str(merged_dir)),
-                                          device_map="", multimodal=True, attn_implementation="sdpa",
-                                          torch_dtype="float32")
+    # lmms-eval's calls (newer and older wrappers): no model base, their keyword conventions
+    name = get_model_name_from_path(str(merged_dir))
+    _, lmms, _, _ = load_pretrained_model(str(merged_dir), None, name, device_map="", multimodal=True,
+                                          attn_implementation="sdpa", torch_dtype="float32", device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FlashAttention-2 asked for but absent: SDPA
+        _, lmms_old, _, _ = load_pretrained_model(str(merged_dir), None, name, device_map="",
+                                                  use_flash_attention_2=True, device="cpu")
     batch = probe(unmerged)
     expected = logits_of(unmerged, batch)
-    for model in (merged_model, plain, lmms):
+    for model in (merged_model, plain, lmms, lmms_old):
         torch.testing.assert_close(logits_of(model, batch), expected, atol=1e-5, rtol=1e-5)
 
 

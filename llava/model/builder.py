@@ -64,7 +64,7 @@ def load_pretrained_model(
     if device == "cuda" and device_map:
         load_kwargs["device_map"] = device_map
     if use_flash_attn:
-        load_kwargs["attn_implementation"] = "flash_attention_2"
+        load_kwargs["attn_implementation"] = _flash_or_sdpa()
 
     if not _is_llava(model_path, model_name):
         base = model_base or model_path
@@ -134,6 +134,19 @@ def _caller_conventions(kwargs: dict) -> dict:
     if not isinstance(overwrite, dict):
         raise ValueError(f"overwrite_config must be a dict of config fields, got {type(overwrite).__name__}")
     return overwrite
+
+
+def _flash_or_sdpa() -> str:
+    """FlashAttention-2 when installed, else PyTorch SDPA with a warning (callers such as older lmms-eval ask for
+    FlashAttention-2 by default; failing on machines without it would stop evaluation for no accuracy reason)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if is_flash_attn_2_available():
+        return "flash_attention_2"
+    import warnings
+
+    warnings.warn("FlashAttention-2 requested but not installed: using PyTorch SDPA attention")
+    return "sdpa"
 
 
 def _overwritten(config, fields: dict):
