@@ -1,0 +1,191 @@
+"""Train-and-evaluate runs on the tiny world, shared by the Table-2 reproduction and the Fig.-5 sweep.
+
+A run trains one *variant* with the project's own launch scripts (`scripts/v1_5/*.sh`, 2 CPU processes, the same
+recipe and seed for every variant), then answers the world's evaluation questions in one or more *inference
+modes* with `llava.eval.model_vqa_loader` and scores them with `llava.eval.eval_tiny_world`:
+
+- `normal`: plain LLaVA inference (full visual tokens, no isolator) — what the paper's headline numbers use;
+- `pruned`: each image's tokens pruned at the variant's ratio (DivPrune), no isolator;
+- `pruned+isolator`: pruned, with the trained mode isolator prefixed (the input fast mode trains on).
+
+Each finished variant leaves `<out>/<name>/result.json`; a later call with the same settings reuses it, so an
+interrupted reproduction resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("normal", "pruned", "pruned+isolator")
+EVAL_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training configuration. `dualspeed=False` is the plain LLaVA recipe (Baseline)."""
+
+    name: str
+    dualspeed: bool
+    pruning_ratio: float = 0.9
+    slow_ratio: float = 0.1
+    isolator_len: int = 4
+    vtp_method: str = "divprune"
+
+    @property
+    def has_isolator(self) -> bool:
+        return self.dualspeed and self.isolator_len > 0
+
+
+BASELINE = Variant("Baseline", dualspeed=False)
+NAIVE_PRUNE = Variant("NaivePrune", dualspeed=True, pruning_ratio=0.9, slow_ratio=0.0, isolator_len=0)
+DUALSPEED = Variant("DualSpeed", dualspeed=True, pruning_ratio=0.9, slow_ratio=0.1, isolator_len=4)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Tiny-world sizes of the two stages (global batches, learning rates) and the shared seed."""
+
+    seed: int = 42
+    num_procs: int = 2
+    pretrain_batch: int = 32
+    pretrain_per_device: int = 16
+    sft_batch: int = 16
+    sft_per_device: int = 8
+    sft_lr: float = 1e-3
+    max_pretrain_samples: Optional[int] = None
+    max_sft_samples: Optional[int] = None
+
+
+def log(message: str) -> None:
+    print(f"[experiments] {message}", file=sys.stderr, flush=True)
+
+
+def subset(data: Path, limit: Optional[int], dest: Path) -> Path:
+    """`data` itself, or its first `limit` records written to `dest` (for shorter sweeps)."""
+    if limit is None:
+        return data
+    records = json.loads(data.read_text())
+    if limit > len(records):
+        raise ValueError(f"{data} has {len(records)} records, fewer than the {limit} asked for")
+    dest.write_text(json.dumps(records[:limit]))
+    return dest
+
+
+def run_logged(cmd: list[str], env: dict, log_file: Path) -> float:
+    """Run `cmd` with its output in `log_file`; returns wall seconds. A failure raises naming the log."""
+    start = time.perf_counter()
+    with open(log_file, "w") as handle:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "".join(log_file.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}); last lines of {log_file}:\n{tail}")
+    return seconds
+
+
+def train_runtime(log_file: Path) -> Optional[float]:
+    """Trainer's own `train_runtime` (seconds of the training loop, without start-up) from a stage log."""
+    found = re.findall(r"'train_runtime': '?([0-9.]+)", log_file.read_text(errors="replace"))
+    return float(found[-1]) if found else None
+
+
+def train(variant: Variant, world: Path, run: Path, recipe: Recipe) -> dict:
+    """Stage 1 (projector pretraining) and stage 2 (LoRA SFT) of `variant`; returns the stage timings."""
+    env = dict(os.environ)
+    env.update(
+        MODEL=str(world / "models" / "tiny-llama"), VISION_TOWER=str(world / "models" / "tiny-clip"),
+        IMAGE_FOLDER=str(world / "images"), NUM_GPUS=str(recipe.num_procs), BF16="False", TF32="False",
+        GRADIENT_CHECKPOINTING="False", NUM_WORKERS="0", REPORT_TO="none", HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+        PRUNING_RATIO=str(variant.pruning_ratio), SLOW_MODE_RATIO=str(variant.slow_ratio),
+        ISOLATOR_LEN=str(variant.isolator_len), VTP_METHOD=variant.vtp_method,
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # works uninstalled too
+    suffix = "_dualspeed" if variant.dualspeed else ""
+    common = ["--seed", str(recipe.seed), "--data_seed", str(recipe.seed), "--logging_steps", "10"]
+    timings = {}
+    pre_data = subset(world / "pretrain.json", recipe.max_pretrain_samples, run / "pretrain_subset.json")
+    sft_data = subset(world / "sft.json", recipe.max_sft_samples, run / "sft_subset.json")
+    stages = [
+        ("pretrain", f"scripts/v1_5/pretrain{suffix}.sh", dict(
+            DATA_PATH=str(pre_data), OUTPUT_DIR=str(run / "pretrain"),
+            GLOBAL_BATCH=str(recipe.pretrain_batch), PER_DEVICE_BATCH=str(recipe.pretrain_per_device)), []),
+        ("sft", f"scripts/v1_5/finetune_lora{suffix}.sh", dict(
+            DATA_PATH=str(sft_data), PRETRAIN_DIR=str(run / "pretrain"), OUTPUT_DIR=str(run / "llava-lora"),
+            GLOBAL_BATCH=str(recipe.sft_batch), PER_DEVICE_BATCH=str(recipe.sft_per_device)),
+         ["--learning_rate", str(recipe.sft_lr), "--mm_projector_lr", str(recipe.sft_lr)]),
+    ]
+    for stage, script, stage_env, extra in stages:
+        log(f"{variant.name}: {stage} ({script})")
+        log_file = run / f"{stage}.log"
+        wall = run_logged(["bash", script, *common, *extra], {**env, **stage_env}, log_file)
+        timings[stage] = {"wall_s": round(wall, 1), "train_runtime_s": train_runtime(log_file)}
+        log(f"{variant.name}: {stage} done in {wall:.0f}s (training loop {timings[stage]['train_runtime_s']}s)")
+    return timings
+
+
+def evaluate(variant: Variant, world: Path, run: Path, mode: str, pruning_ratio: float = 0.9) -> dict:
+    """Answer the world's evaluation questions with the run's LoRA checkpoint in `mode`; returns the scores."""
+    from llava.eval.eval_tiny_world import read_jsonl, score
+
+    if mode not in MODES:
+        raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
+    answers = run / "eval" / f"answers-{mode}.jsonl"
+    answers.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(run / "llava-lora"),
+           "--model-base", str(world / "models" / "tiny-llama"), "--image-folder", str(world / "images"),
+           "--question-file", str(world / "eval" / "questions.jsonl"), "--answers-file", str(answers),
+           "--conv-mode", "vicuna_v1", "--temperature", "0", "--max_new_tokens", "16", "--device", "cpu",
+           "--batch-size", str(EVAL_BATCH)]
+    if mode != "normal":
+        cmd += ["--pruning-ratio", str(pruning_ratio), "--vtp-method", variant.vtp_method]
+    if mode == "pruned+isolator":
+        cmd += ["--use-mode-isolator"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    wall = run_logged(cmd, env, run / "eval" / f"{mode}.log")
+    result = score(read_jsonl(answers), read_jsonl(world / "eval" / "answers_key.jsonl"))
+    result["eval_wall_s"] = round(wall, 1)
+    return result
+
+
+def modes_for(variant: Variant, wanted: tuple[str, ...]) -> list[str]:
+    """The wanted inference modes that apply to `variant` (no isolator mode for a run trained without one)."""
+    return [m for m in wanted if m != "pruned+isolator" or variant.has_isolator]
+
+
+def run_variant(variant: Variant, world: Path, out: Path, recipe: Recipe,
+                modes: tuple[str, ...] = MODES, force: bool = False) -> dict:
+    """Train and evaluate `variant` under `out/<name>/`, or reuse a finished result with the same settings."""
+    run = out / variant.name
+    result_file = run / "result.json"
+    settings = {"variant": asdict(variant), "recipe": asdict(recipe), "world": str(world),
+                "modes": modes_for(variant, modes)}
+    if result_file.exists() and not force:
+        cached = json.loads(result_file.read_text())
+        if cached.get("settings") == settings:
+            log(f"{variant.name}: reusing {result_file}")
+            return cached
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)  # training scripts resume from checkpoints left in an output dir: start clean
+    run.mkdir(parents=True)
+    timings = train(variant, world, run, recipe)
+    scores = {}
+    for mode in settings["modes"]:
+        log(f"{variant.name}: evaluating ({mode})")
+        scores[mode] = evaluate(variant, world, run, mode, variant.pruning_ratio)
+        log(f"{variant.name}: {mode} accuracy {100 * scores[mode]['overall']['accuracy']:.1f}%")
+    result = {"settings": settings, "timings": timings, "scores": scores,
+              "train_s": round(sum(t["wall_s"] for t in timings.values()), 1)}
+    result_file.write_text(json.dumps(result, indent=1) + "\n")
+    return result

@@ -1,0 +1,12 @@
+#!/bin/bash
+# The paper's Fig. 5 in miniature on the embedded tiny world: accuracy vs training speed-up for pruning ratios
+# {0.5, 0.7, 0.9, 0.95} (r = 0.1) and slow-mode ratios {0, 0.05, 0.1, 0.2, 0.5} (p = 0.9), plus the Baseline.
+# Saves OUT/sweep.json and OUT/sweep.png (needs matplotlib: pip install -e ".[plot]").
+# Nine training runs: about 40-60 minutes on 2 CPU cores at full size; --max-sft-samples N shortens every run.
+# Finished runs are reused on a re-run (pass --force to retrain). Extra arguments go to playground.sweep.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -n "${SKIP_INSTALL:-}" ] || python -m pip install --quiet torch==2.13.0
+[ -n "${SKIP_INSTALL:-}" ] || python -m pip install --quiet -e ".[train,plot]"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m playground.sweep --out "${OUT:-checkpoints/sweep}" "$@"
