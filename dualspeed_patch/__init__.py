@@ -1,8 +1,9 @@
 """DualSpeed: fast/slow visual-token-pruned training for LLaVA. Importing this package does not import llava."""
 from .config import DualSpeedArguments, kept_tokens, kept_tokens_tensor
 from .distill import IGNORE_INDEX, answer_positions, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
+from .layer_skip import skipped_layers
 from .modes import is_slow_step, step_seed, step_uniform
-from .pruners import available_pruners, gather_kept, get_pruner, prune_indices, register_pruner
+from .pruners import available_pruners, gather_kept, get_pruner, prune_indices, register_compressor, register_pruner
 
 
 def apply(arch_module=None) -> None:
@@ -26,8 +27,10 @@ __all__ = [
     "kept_tokens",
     "kept_tokens_tensor",
     "prune_indices",
+    "register_compressor",
     "register_pruner",
     "shifted_ce",
+    "skipped_layers",
     "step_seed",
     "step_uniform",
 ]

@@ -4,6 +4,7 @@ from typing import Dict
 import torch
 from transformers import TrainerCallback
 
+from .layer_skip import clear_zero3_grad_buffer
 from .modes import ModeSchedule
 
 
@@ -28,6 +29,10 @@ class DualSpeedMetrics:
         self.fast_steps += 1
         self._add("fast_ce", ce)
 
+    def record_layer_skip(self, skipped: int) -> None:
+        """Count the decoder layers a fast step skipped (logged as `dualspeed/skipped_layers`, mean per fast step)."""
+        self._add("skipped_layers", torch.tensor(float(skipped)))
+
     def record_slow(self, metrics: Dict[str, torch.Tensor]) -> None:
         self.slow_steps += 1
         for name, value in metrics.items():
@@ -44,13 +49,20 @@ class DualSpeedMetrics:
 
 
 class DualSpeedCallback(TrainerCallback):
-    """Keeps the schedule at (global step, micro-step) of the trainer; exposes metrics for `log`."""
+    """Keeps the schedule at (global step, micro-step) of the trainer; exposes metrics for `log`.
 
-    def __init__(self, schedule: ModeSchedule, metrics: DualSpeedMetrics):
+    With `clear_zero3_grads` (layer skipping on), each optimizer step starts from a zeroed DeepSpeed ZeRO-3
+    gradient buffer, so parameters of skipped layers get a zero gradient instead of a stale one
+    (`layer_skip.clear_zero3_grad_buffer`)."""
+
+    def __init__(self, schedule: ModeSchedule, metrics: DualSpeedMetrics, clear_zero3_grads: bool = False):
         self.schedule, self.metrics = schedule, metrics
+        self.clear_zero3_grads = clear_zero3_grads
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.schedule.at(state.global_step, 0)
+        if self.clear_zero3_grads:
+            clear_zero3_grad_buffer(kwargs.get("optimizer"))
 
     def on_substep_end(self, args, state, control, **kwargs):
         self.schedule.micro_step += 1

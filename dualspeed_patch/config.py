@@ -49,6 +49,14 @@ class DualSpeedArguments:
     slow_mode_in_pretraining: bool = field(
         default=False, metadata={"help": "Also alternate fast/slow in projector pretraining (the paper uses fast mode only there)."}
     )
+    layer_skip_ratio: float = field(
+        default=0.0, metadata={"help": "Fraction of the LLM's decoder layers skipped in each fast-mode step, in [0, 1) "
+                                       "(round half up; first and last layer never skipped; 0 = off)."}
+    )
+    layer_skip_schedule: str = field(
+        default="random", metadata={"help": "Which layers a fast step skips: random (fresh subset per micro-step) or "
+                                            "uniform (the same evenly spread subset every step)."}
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,13 +75,20 @@ class DualSpeedArguments:
             raise ValueError(f"DualSpeedArguments.distill_temperature must be > 0, got {self.distill_temperature!r}")
         if not float(self.distill_alpha) >= 0.0:
             raise ValueError(f"DualSpeedArguments.distill_alpha must be >= 0, got {self.distill_alpha!r}")
-        from .pruners.registry import available_pruners, has_pruner
+        from .layer_skip import check_ratio, check_schedule
+        from .pruners.compressors import available_compressors, has_vtp_method
+        from .pruners.registry import available_pruners
 
-        if not isinstance(self.vtp_method, str) or not has_pruner(self.vtp_method):
+        if not isinstance(self.vtp_method, str) or not has_vtp_method(self.vtp_method):
             raise ValueError(
-                f"DualSpeedArguments.vtp_method={self.vtp_method!r} is not a registered pruner; "
-                f"known: {', '.join(available_pruners())}"
+                f"DualSpeedArguments.vtp_method={self.vtp_method!r} is not a registered pruner or compressor; "
+                f"known: {', '.join(available_pruners())}; compressors: {', '.join(available_compressors())}"
             )
+        try:
+            check_ratio(self.layer_skip_ratio)
+            check_schedule(self.layer_skip_schedule)
+        except ValueError as err:
+            raise ValueError(f"DualSpeedArguments.{err}") from None
 
     def to_config_dict(self) -> dict[str, Any]:
         """Fields as `{"dualspeed_<name>": value}` for storing in the model's config.json, so a checkpoint

@@ -12,6 +12,7 @@ Only the SPEC §4 interface is used (get_model, get_vision_tower, encode_images,
 import contextlib
 import functools
 import inspect
+import math
 
 import torch
 
@@ -19,7 +20,8 @@ from .anyres import gather_packed, image_newline, packed_index, packing_settings
 from .config import DualSpeedArguments, kept_tokens_tensor
 from .distill import IGNORE_INDEX, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
 from .isolator import get_isolator
-from .pruners import gather_kept, get_pruner, prune_indices
+from .layer_skip import skip_layers, step_skipped_layers
+from .pruners import get_vtp_method, reduce_tokens
 from .splice import splice_visual_tokens
 from .vision_context import capture_cls_attention, clip_relevance, encoder_layer_for_select_layer
 
@@ -60,11 +62,11 @@ def visual_sequences(model, images, pruning: bool = False, image_sizes=None):
     layer, active only while the tower runs) and `relevance` (CLIP text-image similarity to each sample's
     instruction); on anyres both are computed per view and carried onto the packed sequence (see `pack_context`).
     """
-    needs = set(getattr(get_pruner(settings(model).vtp_method), "context_keys", ())) if pruning else set()
+    needs = set(getattr(get_vtp_method(settings(model).vtp_method), "context_keys", ())) if pruning else set()
     multi_view = isinstance(images, (list, tuple)) or images.ndim == 5
     views, counts = split_views(images) if multi_view else (images, None)
     context = {}
-    if not needs:
+    if not needs - {"grid_side"}:  # grid_side (a compressor's) needs nothing from the tower
         features = model.encode_images(views)
     else:
         tower = model.get_vision_tower()
@@ -86,6 +88,9 @@ def visual_sequences(model, images, pruning: bool = False, image_sizes=None):
                 context["relevance"] = scorer.relevance(instructions, patches)
     if not multi_view:
         lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
+        if "grid_side" in needs:  # the patch grid's side when the tokens form a square grid, else 1-D pooling
+            side = math.isqrt(features.shape[1])
+            context["grid_side"] = side if side * side == features.shape[1] else None
         return features, lengths, context
     packing_cfg = packing_settings(model)
     packing = packed_index(counts, features.shape[1], image_sizes, packing_cfg, device=features.device)
@@ -113,8 +118,9 @@ def pack_context(context: dict, packing) -> dict:
 
 
 def prune_visual(model, visual: torch.Tensor, lengths: torch.Tensor, with_isolator: bool, seed: int = 0, **context):
-    """Keep K_i = kept_tokens(N_i, p) tokens of each image (plug-in selection, original order), prefixed with
-    the mode isolator when asked: [isolator; kept]. Returns ([I, l + K, H], [I] valid lengths).
+    """Keep K_i = kept_tokens(N_i, p) tokens of each image (plug-in selection, original order; or a compressor's
+    pooled tokens, whose count its rule sets), prefixed with the mode isolator when asked: [isolator; kept].
+    Returns ([I, l + K, H], [I] valid lengths).
 
     N_i is image i's packed length; on LLaVA-NeXT that includes its newline tokens, which are prunable like any
     other token (see "Newline tokens" in `dualspeed_patch.anyres`). One batched selection serves ragged N_i.
@@ -122,8 +128,7 @@ def prune_visual(model, visual: torch.Tensor, lengths: torch.Tensor, with_isolat
     args = settings(model)
     keep = kept_tokens_tensor(lengths, args.pruning_ratio)
     valid = torch.arange(visual.shape[1], device=visual.device).unsqueeze(0) < lengths.unsqueeze(1)
-    indices, kept_mask = prune_indices(args.vtp_method, visual, keep, valid, seed=seed, **context)
-    kept = gather_kept(visual, indices)
+    kept, kept_mask = reduce_tokens(args.vtp_method, visual, keep, valid, seed=seed, **context)
     new_lengths = kept_mask.sum(dim=1)
     isolator = get_isolator(model) if with_isolator else None
     if isolator is None:
@@ -255,10 +260,13 @@ def wrap_forward(original):
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
             return CausalLMOutputWithPast(loss=loss, logits=None)
-        with visual_mode(self, FAST):
+        skipped = step_skipped_layers(self.get_model(), settings(self), schedule)  # () unless --layer_skip_ratio
+        with visual_mode(self, FAST), skip_layers(self.get_model(), skipped):
             out = original(self, *args, **kwargs)
         if recorder is not None and getattr(out, "loss", None) is not None:
             recorder.record_fast(out.loss.detach())
+            if settings(self).layer_skip_ratio > 0:
+                recorder.record_layer_skip(len(skipped))
         return out
 
     setattr(forward, _PATCHED, True)

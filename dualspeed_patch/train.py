@@ -8,6 +8,7 @@ from typing import List
 from .callback import DualSpeedCallback, DualSpeedMetrics
 from .config import DualSpeedArguments
 from .isolator import ISOLATOR_FILE, attach_isolator, locate_isolator_file
+from .layer_skip import decoder_layers, num_skipped_layers
 from .modes import ModeSchedule
 from .patch import apply
 
@@ -50,14 +51,21 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
     schedule = ModeSchedule(training_args.seed, slow_ratio)
     metrics = DualSpeedMetrics()
     llava._dualspeed_schedule, llava._dualspeed_metrics = schedule, metrics
-    return [DualSpeedCallback(schedule, metrics)]
+    skipping = float(ds_args.layer_skip_ratio) > 0.0
+    if skipping:  # fail now, not in the first fast step, when the ratio asks for more layers than may be skipped
+        num_layers = len(decoder_layers(llava.get_model()))
+        n = num_skipped_layers(num_layers, ds_args.layer_skip_ratio)
+        if _rank0():
+            print(f"DualSpeed: fast steps skip {n} of {num_layers} decoder layers ({ds_args.layer_skip_schedule})",
+                  flush=True)
+    return [DualSpeedCallback(schedule, metrics, clear_zero3_grads=skipping)]
 
 
 def attach_pruner_context(llava, data_args, ds_args: DualSpeedArguments) -> None:
     """Give instruction-aware pruners what they read: the instruction text per sample and a CLIP text scorer."""
-    from .pruners import get_pruner
+    from .pruners import get_vtp_method
 
-    if "relevance" not in getattr(get_pruner(ds_args.vtp_method), "context_keys", ()):
+    if "relevance" not in getattr(get_vtp_method(ds_args.vtp_method), "context_keys", ()):
         return
     from .vision_context import ClipTextScorer
 

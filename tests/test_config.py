@@ -48,13 +48,15 @@ def test_unknown_method_lists_known_ones():
 def test_config_round_trip_dict_and_pretrained_config():
     a = DualSpeedArguments(dualspeed=True, pruning_ratio=0.75, slow_mode_ratio=0.2, vtp_method="random",
                            mode_isolator_len=2, distill_temperature=2.0, distill_alpha=0.5,
-                           mode_isolator_path="/x/iso.bin", slow_mode_in_pretraining=True)
+                           mode_isolator_path="/x/iso.bin", slow_mode_in_pretraining=True, layer_skip_ratio=0.25,
+                           layer_skip_schedule="uniform")
     d = a.to_config_dict()
     assert d == {
         "dualspeed": True, "dualspeed_pruning_ratio": 0.75, "dualspeed_slow_mode_ratio": 0.2,
         "dualspeed_vtp_method": "random", "dualspeed_mode_isolator_len": 2, "dualspeed_distill_temperature": 2.0,
         "dualspeed_distill_alpha": 0.5, "dualspeed_mode_isolator_path": "/x/iso.bin",
-        "dualspeed_slow_mode_in_pretraining": True,
+        "dualspeed_slow_mode_in_pretraining": True, "dualspeed_layer_skip_ratio": 0.25,
+        "dualspeed_layer_skip_schedule": "uniform",
     }
     assert DualSpeedArguments.from_config(d) == a
     cfg = transformers.PretrainedConfig(**d)
