@@ -57,6 +57,10 @@ class DualSpeedArguments:
         default="random", metadata={"help": "Which layers a fast step skips: random (fresh subset per micro-step) or "
                                             "uniform (the same evenly spread subset every step)."}
     )
+    fitprune_recipe: Optional[str] = field(
+        default=None, metadata={"help": "Recipe JSON for --vtp_method fitprune (layer-wise pruning inside the LLM; fit "
+                                        "one with python -m dualspeed_patch.fitprune_recipe)."}
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -75,14 +79,20 @@ class DualSpeedArguments:
             raise ValueError(f"DualSpeedArguments.distill_temperature must be > 0, got {self.distill_temperature!r}")
         if not float(self.distill_alpha) >= 0.0:
             raise ValueError(f"DualSpeedArguments.distill_alpha must be >= 0, got {self.distill_alpha!r}")
+        from .fitprune import is_fitprune
         from .layer_skip import check_ratio, check_schedule
         from .pruners.compressors import available_compressors, has_vtp_method
         from .pruners.registry import available_pruners
 
-        if not isinstance(self.vtp_method, str) or not has_vtp_method(self.vtp_method):
+        if is_fitprune(self.vtp_method):  # prunes inside the LLM: not a registered pre-LLM method
+            if not self.fitprune_recipe:
+                raise ValueError("DualSpeedArguments.vtp_method='fitprune' needs fitprune_recipe=<recipe.json>")
+            if float(self.layer_skip_ratio) > 0.0:
+                raise ValueError("DualSpeedArguments.vtp_method='fitprune' cannot be combined with layer_skip_ratio > 0")
+        elif not isinstance(self.vtp_method, str) or not has_vtp_method(self.vtp_method):
             raise ValueError(
                 f"DualSpeedArguments.vtp_method={self.vtp_method!r} is not a registered pruner or compressor; "
-                f"known: {', '.join(available_pruners())}; compressors: {', '.join(available_compressors())}"
+                f"known: {', '.join(available_pruners())}, fitprune; compressors: {', '.join(available_compressors())}"
             )
         try:
             check_ratio(self.layer_skip_ratio)

@@ -6,7 +6,9 @@ Two things are replaced:
   pruned inference). Pruning acts on each image's final visual sequence.
 - `forward` of every `LlavaMetaForCausalLM` subclass: in training with DualSpeed on, each micro-step runs in
   fast mode (cross-entropy on the pruned input) or slow mode (student on full tokens + self-distillation
-  from the fast-mode input as teacher), chosen by the step-derived schedule (same on every rank).
+  from the fast-mode input as teacher), chosen by the step-derived schedule (same on every rank). With
+  `--vtp_method fitprune` the fast-mode input keeps every visual token and the pruning happens between the LLM's
+  decoder layers instead (`dualspeed_patch.fitprune`).
 Only the SPEC §4 interface is used (get_model, get_vision_tower, encode_images, config fields).
 """
 import contextlib
@@ -16,6 +18,7 @@ import math
 
 import torch
 
+from . import fitprune
 from .anyres import gather_packed, image_newline, packed_index, packing_settings, split_views
 from .config import DualSpeedArguments, kept_tokens_tensor
 from .distill import IGNORE_INDEX, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
@@ -205,16 +208,21 @@ def slow_step(model, input_ids, attention_mask, labels, images, num_items_in_bat
     """
     args = settings(model)
     schedule = getattr(model, "_dualspeed_schedule", None)
-    visual, lengths, context = visual_sequences(model, images, pruning=True, image_sizes=image_sizes)
+    layerwise = fitprune.is_fitprune(args.vtp_method)  # FitPrune's teacher prunes inside the LLM, not before it
+    visual, lengths, context = visual_sequences(model, images, pruning=not layerwise, image_sizes=image_sizes)
     student = build_llm_inputs(model, input_ids, None, attention_mask, labels, visual, lengths)
     with torch.no_grad():
-        seed = schedule.pruner_seed() if schedule is not None else 0
-        pruned, pruned_lengths = prune_visual(model, visual.detach(), lengths, with_isolator=True, seed=seed, **context)
-        teacher = build_llm_inputs(model, input_ids, None, attention_mask, labels, pruned, pruned_lengths)
-        t_hidden = model.get_model()(inputs_embeds=teacher[3], attention_mask=teacher[2], position_ids=teacher[1]).last_hidden_state
+        if layerwise:
+            t_hidden, t_labels = fitprune.teacher_hidden(model, input_ids, attention_mask, labels, visual.detach(), lengths)
+        else:
+            seed = schedule.pruner_seed() if schedule is not None else 0
+            pruned, pruned_lengths = prune_visual(model, visual.detach(), lengths, with_isolator=True, seed=seed, **context)
+            teacher = build_llm_inputs(model, input_ids, None, attention_mask, labels, pruned, pruned_lengths)
+            t_hidden = model.get_model()(inputs_embeds=teacher[3], attention_mask=teacher[2], position_ids=teacher[1]).last_hidden_state
+            t_labels = teacher[4]
     s_hidden = model.get_model()(inputs_embeds=student[3], attention_mask=student[2], position_ids=student[1]).last_hidden_state
 
-    s_labels, t_labels = student[4], teacher[4]
+    s_labels = student[4]
     counts = torch.minimum((s_labels[:, 1:] != IGNORE_INDEX).sum(1), (t_labels[:, 1:] != IGNORE_INDEX).sum(1))
     lm_head = model.get_output_embeddings()
     s_logits_all = lm_head(gather_answer_hidden(s_hidden, s_labels))
@@ -257,6 +265,16 @@ def wrap_forward(original):
                                       images, extra.get("num_items_in_batch"), call.get("image_sizes"))
             if recorder is not None:
                 recorder.record_slow(metrics)
+            from transformers.modeling_outputs import CausalLMOutputWithPast
+
+            return CausalLMOutputWithPast(loss=loss, logits=None)
+        if images is not None and fitprune.is_fitprune(settings(self).vtp_method):  # prunes inside the LLM
+            if call.get("inputs_embeds") is not None:
+                raise ValueError("DualSpeed fast mode with fitprune needs input_ids and images, not inputs_embeds")
+            loss = fitprune.fast_step(self, call["input_ids"], call.get("attention_mask"), call.get("labels"), images,
+                                      extra.get("num_items_in_batch"), call.get("image_sizes"))
+            if recorder is not None:
+                recorder.record_fast(loss.detach())
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
             return CausalLMOutputWithPast(loss=loss, logits=None)

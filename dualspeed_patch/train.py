@@ -7,6 +7,7 @@ from typing import List
 
 from .callback import DualSpeedCallback, DualSpeedMetrics
 from .config import DualSpeedArguments
+from .fitprune import is_fitprune, recipe_for
 from .isolator import ISOLATOR_FILE, attach_isolator, locate_isolator_file
 from .layer_skip import decoder_layers, num_skipped_layers
 from .modes import ModeSchedule
@@ -45,7 +46,14 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
                       "(non_lora_trainables.bin still holds the isolator in LoRA runs)")
     else:
         EXTRA_TRAINABLE_FILES[ISOLATOR_FILE] = ["mode_isolator"]
-    attach_pruner_context(llava, data_args, ds_args)
+    if is_fitprune(ds_args.vtp_method):  # load and check the recipe now, not in the first fast step
+        recipe = recipe_for(llava)
+        if _rank0():
+            print(f"DualSpeed: FitPrune recipe {ds_args.fitprune_recipe}: prunes after layers "
+                  f"{sorted(recipe.pruning_layers())}, {recipe.visual_tokens} -> {recipe.remaining[-1]} visual tokens",
+                  flush=True)
+    else:
+        attach_pruner_context(llava, data_args, ds_args)
     pretraining = bool(getattr(model_args, "tune_mm_mlp_adapter", False))
     slow_ratio = ds_args.slow_mode_ratio if (not pretraining or ds_args.slow_mode_in_pretraining) else 0.0
     schedule = ModeSchedule(training_args.seed, slow_ratio)
