@@ -362,5 +362,5 @@ def test_cli_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text())["overall"]["correct"] == 4
     assert "presence" in capsys.readouterr().out
     answers.write_text("{not json\n")
-    with pytest.raises(SystemExit, match=r"a.jsonl:1: invalid JSON"):
+    with pytest.raises(SystemExit, match=r"a.jsonl:1: not valid JSON"):
         scorer.main(["--answers-file", str(answers), "--key-file", str(key)])

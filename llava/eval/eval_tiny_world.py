@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llava.eval.eval_io import read_jsonl
+
 ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
@@ -109,20 +111,6 @@ def format_table(result: dict) -> str:
         rows.append(f"missing answers (counted wrong): {result['n_missing']} [{shown}"
                     f"{', ...' if result['n_missing'] > 10 else ''}]")
     return "\n".join(rows)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a bad line raises ValueError naming file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, 1):
-            if not text.strip():
-                continue
-            try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates
+from llava.eval.eval_io import read_jsonl
 from llava.eval.generation import EvalSession, answer_batch, load_for_eval, load_image  # noqa: F401  (reusable API)
 from llava.eval.pruned_inference import add_pruning_arguments
 
@@ -31,20 +32,8 @@ def get_chunk(items: list, n: int, k: int) -> list:
 
 
 def read_questions(path: str) -> List[dict]:
-    questions = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                q = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
-            missing = [k for k in ("question_id", "text") if k not in q]
-            if missing:
-                raise ValueError(f"{path}:{line_no}: question lacks field(s) {missing}")
-            questions.append(q)
-    return questions
+    """Questions of a LLaVA question file; each line needs `question_id` and `text` (errors name file and line)."""
+    return read_jsonl(path, required=("question_id", "text"))
 
 
 def build_prompt(question: str, conv_mode: str, use_im_start_end: bool, has_image: bool) -> str:
