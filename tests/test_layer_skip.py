@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -48,7 +49,7 @@ def test_count_is_ratio_times_layers_rounded_half_up(layers, ratio, expected):
 
 
 def test_too_large_ratio_and_bad_values_raise_naming_them():
-    with pytest.raises(ValueError, match=r"layer_skip_ratio=0\.75 skips 3 of 4 .* at most 2"):
+    with pytest.raises(ValueError, match=r"layer_skip_ratio=0\.75 skips 3 of 4 .*\(at most 2\)"):
         num_skipped_layers(4, 0.75)
     with pytest.raises(ValueError, match="layer_skip_ratio"):
         DualSpeedArguments(layer_skip_ratio=1.0)
@@ -248,8 +249,9 @@ def test_lora_with_gradient_checkpointing(skip_model):
     from peft import LoraConfig, get_peft_model
 
     model = skip_model
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model.enable_input_require_grads()
+    assert all(layer.gradient_checkpointing for layer in decoder_layers(model.get_model()))
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     lora.train()
     schedule = model._dualspeed_schedule
@@ -343,7 +345,7 @@ def test_zero3_lora_two_processes_with_layer_skipping(tiny_world, tmp_path):
                     entry="dualspeed_patch/train_mem.py")
     log = proc.stdout + proc.stderr
     assert "fast steps skip 1 of 4 decoder layers (random)" in log
-    assert "dualspeed/skipped_layers" in log
+    assert re.search(r"'dualspeed/skipped_layers': '?1(\.0+)?'?[,}]", log), [l for l in log.splitlines() if "dualspeed/" in l]
     assert (tmp_path / "out" / "adapter_config.json").is_file()
 
 
