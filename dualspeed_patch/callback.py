@@ -51,8 +51,9 @@ class DualSpeedMetrics:
 class DualSpeedCallback(TrainerCallback):
     """Keeps the schedule at (global step, micro-step) of the trainer; exposes metrics for `log`.
 
-    With `clear_zero3_grads` (layer skipping on), each optimizer step starts from a zeroed DeepSpeed ZeRO-3
-    gradient buffer, so parameters of skipped layers get a zero gradient instead of a stale one
+    With `clear_zero3_grads` (layer skipping or slow mode on), each optimizer step starts from a zeroed DeepSpeed
+    ZeRO-3 gradient buffer, so parameters that get no gradient in a step (skipped layers; the isolator in an
+    all-slow step) get a zero gradient instead of a stale one
     (`layer_skip.clear_zero3_grad_buffer`)."""
 
     def __init__(self, schedule: ModeSchedule, metrics: DualSpeedMetrics, clear_zero3_grads: bool = False):

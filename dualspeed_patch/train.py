@@ -66,7 +66,10 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
         if _rank0():
             print(f"DualSpeed: fast steps skip {n} of {num_layers} decoder layers ({ds_args.layer_skip_schedule})",
                   flush=True)
-    return [DualSpeedCallback(schedule, metrics, clear_zero3_grads=skipping)]
+    # Under ZeRO-3 a parameter that gets no gradient in a whole optimizer step is otherwise updated with a stale one:
+    # skipped layers, and the mode isolator in a step whose micro-steps are all slow (the student never uses it).
+    clear = skipping or slow_ratio > 0.0
+    return [DualSpeedCallback(schedule, metrics, clear_zero3_grads=clear)]
 
 
 def attach_pruner_context(llava, data_args, ds_args: DualSpeedArguments) -> None:

@@ -1,5 +1,7 @@
 """Small process-level helpers shared by training and evaluation."""
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 
@@ -19,3 +21,15 @@ def disable_torch_init() -> None:
     """Skip the random init of Linear / LayerNorm when weights are loaded right after (faster model creation)."""
     setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
     setattr(torch.nn.LayerNorm, "reset_parameters", lambda self: None)
+
+
+@contextlib.contextmanager
+def torch_init_disabled() -> Iterator[None]:
+    """`disable_torch_init` for the enclosed block only: library code (e.g. loading a model for evaluation inside
+    a training or test process) must not leave every later `nn.Linear` uninitialised."""
+    saved = torch.nn.Linear.reset_parameters, torch.nn.LayerNorm.reset_parameters
+    disable_torch_init()
+    try:
+        yield
+    finally:
+        torch.nn.Linear.reset_parameters, torch.nn.LayerNorm.reset_parameters = saved

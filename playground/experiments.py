@@ -38,6 +38,7 @@ class Variant:
     slow_ratio: float = 0.1
     isolator_len: int = 4
     vtp_method: str = "divprune"
+    sft_args: tuple[str, ...] = ()  # extra training flags of stage 2 (e.g. layer skipping)
 
     @property
     def has_isolator(self) -> bool:
@@ -47,6 +48,9 @@ class Variant:
 BASELINE = Variant("Baseline", dualspeed=False)
 NAIVE_PRUNE = Variant("NaivePrune", dualspeed=True, pruning_ratio=0.9, slow_ratio=0.0, isolator_len=0)
 DUALSPEED = Variant("DualSpeed", dualspeed=True, pruning_ratio=0.9, slow_ratio=0.1, isolator_len=4)
+# Optional extra row (issue 8): DualSpeed whose fast SFT steps also skip half of the LLM's decoder layers.
+DUALSPEED_LAYER_SKIP = Variant("DualSpeed+LayerSkip", dualspeed=True, sft_args=(
+    "--layer_skip_ratio", "0.5", "--layer_skip_schedule", "random"))
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ def train(variant: Variant, world: Path, run: Path, recipe: Recipe) -> dict:
         ("sft", f"scripts/v1_5/finetune_lora{suffix}.sh", dict(
             DATA_PATH=str(sft_data), PRETRAIN_DIR=str(run / "pretrain"), OUTPUT_DIR=str(run / "llava-lora"),
             GLOBAL_BATCH=str(recipe.sft_batch), PER_DEVICE_BATCH=str(recipe.sft_per_device)),
-         ["--learning_rate", str(recipe.sft_lr), "--mm_projector_lr", str(recipe.sft_lr)]),
+         ["--learning_rate", str(recipe.sft_lr), "--mm_projector_lr", str(recipe.sft_lr), *variant.sft_args]),
     ]
     for stage, script, stage_env, extra in stages:
         log(f"{variant.name}: {stage} ({script})")
@@ -167,8 +171,8 @@ def run_variant(variant: Variant, world: Path, out: Path, recipe: Recipe,
     """Train and evaluate `variant` under `out/<name>/`, or reuse a finished result with the same settings."""
     run = out / variant.name
     result_file = run / "result.json"
-    settings = {"variant": asdict(variant), "recipe": asdict(recipe), "world": str(world),
-                "modes": modes_for(variant, modes)}
+    settings = json.loads(json.dumps({"variant": asdict(variant), "recipe": asdict(recipe), "world": str(world),
+                                      "modes": modes_for(variant, modes)}))  # as stored (tuples become lists)
     if result_file.exists() and not force:
         cached = json.loads(result_file.read_text())
         if cached.get("settings") == settings:

@@ -15,9 +15,11 @@ import platform
 import time
 from pathlib import Path
 
-from playground.experiments import BASELINE, DUALSPEED, MODES, NAIVE_PRUNE, Recipe, log, run_variant
+from playground.experiments import (BASELINE, DUALSPEED, DUALSPEED_LAYER_SKIP, MODES, NAIVE_PRUNE, Recipe, log,
+                                   run_variant)
 
 VARIANTS = (BASELINE, NAIVE_PRUNE, DUALSPEED)
+EXTRA_VARIANTS = {"layer-skip": DUALSPEED_LAYER_SKIP}
 
 
 def pct(value: float | None) -> str:
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("checkpoints/table2"))
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     parser.add_argument("--force", action="store_true", help="retrain variants even when a finished result exists")
+    parser.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA_VARIANTS),
+                        help="extra rows: layer-skip = DualSpeed whose fast SFT steps skip half the decoder layers")
     args = parser.parse_args(argv)
 
     from playground.build_tiny_world import ensure_built, read_manifest
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = Recipe(seed=args.seed)
     start = time.perf_counter()
     results = {}
-    for variant in VARIANTS:
+    for variant in VARIANTS + tuple(EXTRA_VARIANTS[name] for name in args.extra):
         results[variant.name] = run_variant(variant, world, args.out.resolve(), recipe, force=args.force)
     table = markdown(results)
     summary = {"table_markdown": table, "results": results, "world": str(world),

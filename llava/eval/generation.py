@@ -17,7 +17,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.eval.pruned_inference import setup_pruned_inference
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init
+from llava.utils import torch_init_disabled
 
 
 @dataclass
@@ -34,11 +34,11 @@ class EvalSession:
 def load_for_eval(args: argparse.Namespace) -> EvalSession:
     """Load `args.model_path` (+ `args.model_base`) as upstream's evaluation does, and set up pruned inference
     when `args.pruning_ratio` is given (fails here, before any question is read, on a bad option)."""
-    disable_torch_init()
     model_path = os.path.expanduser(args.model_path)
     model_name = get_model_name_from_path(model_path)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        model_path, getattr(args, "model_base", None), model_name, device=getattr(args, "device", "cuda"))
+    with torch_init_disabled():
+        tokenizer, model, image_processor, _ = load_pretrained_model(
+            model_path, getattr(args, "model_base", None), model_name, device=getattr(args, "device", "cuda"))
     setup_pruned_inference(model, args)
     return EvalSession(tokenizer, model, image_processor, model_name, args)
 
