@@ -89,3 +89,13 @@ def enable_dualspeed(model, isolator_len: int = 4, slow_ratio: float = 0.5):
         attach_isolator(model, isolator_len)
     model._dualspeed_schedule = ModeSchedule(seed=0, slow_ratio=slow_ratio)
     return model.train()
+
+
+@pytest.fixture
+def patched():
+    """DualSpeed's monkey-patch applied for the duration of one test, removed afterwards."""
+    from dualspeed_patch import patch
+
+    patch.apply()
+    yield
+    patch.remove()

@@ -18,13 +18,6 @@ L_ISO = 4
 
 
 @pytest.fixture
-def patched():
-    patch.apply()
-    yield
-    patch.remove()
-
-
-@pytest.fixture
 def ds_model(tiny_llava, patched):
     """Tiny LLaVA in training mode with DualSpeed on (p = 0.9, l = 4) and a schedule we steer by hand."""
     model = tiny_llava

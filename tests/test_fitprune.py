@@ -26,13 +26,6 @@ REMAINING = (40, 40, 20, 20)  # tiny LLaMA: 4 layers, 64 visual tokens; prunes a
 
 
 @pytest.fixture
-def patched():
-    patch.apply()
-    yield
-    patch.remove()
-
-
-@pytest.fixture
 def recipe_path(tmp_path):
     path = tmp_path / "recipe.json"
     FitPruneRecipe(visual_tokens=64, remaining=REMAINING, flops_budget=0.6, flops_ratio=0.55).save(str(path))

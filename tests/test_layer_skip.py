@@ -17,7 +17,7 @@ from dualspeed_patch import DualSpeedArguments, kept_tokens
 from dualspeed_patch.callback import DualSpeedMetrics
 from dualspeed_patch.isolator import get_isolator
 from dualspeed_patch.layer_skip import decoder_layers, num_skipped_layers, skip_layers, skipped_layers
-from dualspeed_patch.modes import ModeSchedule, is_slow_step
+from dualspeed_patch.modes import is_slow_step
 from dualspeed_patch.pruners import (
     available_compressors,
     available_pruners,
@@ -90,13 +90,6 @@ def test_uniform_schedule_is_fixed_and_evenly_spread():
 
 
 # ------------------------------------------------------------------ skipping inside the tiny LLaVA
-
-
-@pytest.fixture
-def patched():
-    patch.apply()
-    yield
-    patch.remove()
 
 
 def batch(model):

@@ -99,13 +99,6 @@ def prepare(model, b, mode=None):
         return model.prepare_inputs_labels_for_multimodal(*args)
 
 
-@pytest.fixture
-def patched():
-    patch.apply()
-    yield
-    patch.remove()
-
-
 # ---------------------------------------------------------------- packing
 
 
