@@ -38,7 +38,9 @@ class Variant:
     slow_ratio: float = 0.1
     isolator_len: int = 4
     vtp_method: str = "divprune"
+    pretrain_args: tuple[str, ...] = ()  # extra training flags of stage 1 (e.g. a token compressor)
     sft_args: tuple[str, ...] = ()  # extra training flags of stage 2 (e.g. layer skipping)
+    fitprune_budget: Optional[float] = None  # fit a FitPrune recipe after stage 1 and train stage 2 with it
 
     @property
     def has_isolator(self) -> bool:
@@ -51,6 +53,11 @@ DUALSPEED = Variant("DualSpeed", dualspeed=True, pruning_ratio=0.9, slow_ratio=0
 # Optional extra row (issue 8): DualSpeed whose fast SFT steps also skip half of the LLM's decoder layers.
 DUALSPEED_LAYER_SKIP = Variant("DualSpeed+LayerSkip", dualspeed=True, sft_args=(
     "--layer_skip_ratio", "0.5", "--layer_skip_schedule", "random"))
+# Stage 1 with the average-pooling compressor (64 -> 4 pooled tokens at p = 0.9), stage 2 as DualSpeed.
+DUALSPEED_AVGPOOL = Variant("DualSpeed+AvgPoolPretrain", dualspeed=True, pretrain_args=("--vtp_method", "avgpool"))
+# Stage 2's fast steps prune inside the LLM by a FitPrune recipe (LLM FLOPs budget 0.8; the tiny world's long
+# system prompt makes lower budgets unreachable) fitted on the stage-1 model; stage 1 and pruned inference: DivPrune.
+DUALSPEED_FITPRUNE = Variant("DualSpeed+FitPrune", dualspeed=True, fitprune_budget=0.8)
 
 
 @dataclass(frozen=True)
@@ -121,19 +128,35 @@ def train(variant: Variant, world: Path, run: Path, recipe: Recipe) -> dict:
     stages = [
         ("pretrain", f"scripts/v1_5/pretrain{suffix}.sh", dict(
             DATA_PATH=str(pre_data), OUTPUT_DIR=str(run / "pretrain"),
-            GLOBAL_BATCH=str(recipe.pretrain_batch), PER_DEVICE_BATCH=str(recipe.pretrain_per_device)), []),
+            GLOBAL_BATCH=str(recipe.pretrain_batch), PER_DEVICE_BATCH=str(recipe.pretrain_per_device)),
+         list(variant.pretrain_args)),
         ("sft", f"scripts/v1_5/finetune_lora{suffix}.sh", dict(
             DATA_PATH=str(sft_data), PRETRAIN_DIR=str(run / "pretrain"), OUTPUT_DIR=str(run / "llava-lora"),
             GLOBAL_BATCH=str(recipe.sft_batch), PER_DEVICE_BATCH=str(recipe.sft_per_device)),
          ["--learning_rate", str(recipe.sft_lr), "--mm_projector_lr", str(recipe.sft_lr), *variant.sft_args]),
     ]
     for stage, script, stage_env, extra in stages:
+        if stage == "sft" and variant.fitprune_budget is not None:
+            timings["fit_recipe"], recipe_file = fit_fitprune_recipe(variant, world, run, sft_data, env)
+            extra = extra + ["--vtp_method", "fitprune", "--fitprune_recipe", str(recipe_file)]
         log(f"{variant.name}: {stage} ({script})")
         log_file = run / f"{stage}.log"
         wall = run_logged(["bash", script, *common, *extra], {**env, **stage_env}, log_file)
         timings[stage] = {"wall_s": round(wall, 1), "train_runtime_s": train_runtime(log_file)}
         log(f"{variant.name}: {stage} done in {wall:.0f}s (training loop {timings[stage]['train_runtime_s']}s)")
     return timings
+
+
+def fit_fitprune_recipe(variant: Variant, world: Path, run: Path, data: Path, env: dict) -> tuple[dict, Path]:
+    """Fit the FitPrune recipe on the stage-1 model (projector-only checkpoint on the base LLM); timed as a stage."""
+    recipe_file = run / "fitprune_recipe.json"
+    cmd = [sys.executable, "-m", "dualspeed_patch.fitprune_recipe", "--model-path", str(run / "pretrain"),
+           "--model-base", str(world / "models" / "tiny-llama"), "--data-path", str(data),
+           "--image-folder", str(world / "images"), "--flops-budget", str(variant.fitprune_budget),
+           "--output", str(recipe_file), "--device", "cpu", "--no-progress"]
+    log(f"{variant.name}: fitting the FitPrune recipe (budget {variant.fitprune_budget})")
+    wall = run_logged(cmd, env, run / "fit_recipe.log")
+    return {"wall_s": round(wall, 1), "train_runtime_s": None}, recipe_file
 
 
 def evaluate(variant: Variant, world: Path, run: Path, mode: str, pruning_ratio: float = 0.9) -> dict:

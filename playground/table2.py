@@ -15,11 +15,11 @@ import platform
 import time
 from pathlib import Path
 
-from playground.experiments import (BASELINE, DUALSPEED, DUALSPEED_LAYER_SKIP, MODES, NAIVE_PRUNE, Recipe, log,
-                                   run_variant)
+from playground.experiments import (BASELINE, DUALSPEED, DUALSPEED_AVGPOOL, DUALSPEED_FITPRUNE, DUALSPEED_LAYER_SKIP,
+                                   MODES, NAIVE_PRUNE, Recipe, log, run_variant)
 
 VARIANTS = (BASELINE, NAIVE_PRUNE, DUALSPEED)
-EXTRA_VARIANTS = {"layer-skip": DUALSPEED_LAYER_SKIP}
+EXTRA_VARIANTS = {"layer-skip": DUALSPEED_LAYER_SKIP, "avgpool": DUALSPEED_AVGPOOL, "fitprune": DUALSPEED_FITPRUNE}
 
 
 def pct(value: float | None) -> str:
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     parser.add_argument("--force", action="store_true", help="retrain variants even when a finished result exists")
     parser.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA_VARIANTS),
-                        help="extra rows: layer-skip = DualSpeed whose fast SFT steps skip half the decoder layers")
+                        help="extra rows (issue 8): layer-skip = fast SFT steps also skip half the decoder layers; avgpool = "
+                             "average-pooling compressor in pretraining; fitprune = in-LLM pruning in SFT by a "
+                             "recipe fitted after pretraining")
     args = parser.parse_args(argv)
 
     from playground.build_tiny_world import ensure_built, read_manifest
