@@ -18,7 +18,7 @@ import re
 from collections import defaultdict
 from typing import Dict, List, Tuple
 
-from llava.eval.eval_io import read_jsonl, report_missing
+from llava.eval.eval_io import read_jsonl, read_tsv, report_missing
 
 BENCHMARK_DIR = "MME_Benchmark_release_version"
 _SUFFIXES = ("Answer the question using a single word or phrase.", "Please answer yes or no.")
@@ -44,15 +44,8 @@ def read_ground_truth(benchmark_dir: str) -> Dict[Key, Tuple[str, str]]:
         for name in sorted(os.listdir(qa_dir)):
             if not name.endswith(".txt"):
                 continue
-            path = os.path.join(qa_dir, name)
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    parts = line.rstrip("\n").split("\t")
-                    if len(parts) != 2:
-                        raise ValueError(f"{path}:{line_no}: expected 'question<TAB>answer', got {line.strip()!r}")
-                    truth[(subtask, name[:-4], question_key(parts[0]))] = (parts[0], parts[1].strip())
+            for question, answer in read_tsv(os.path.join(qa_dir, name), 2, "'question<TAB>answer'"):
+                truth[(subtask, name[:-4], question_key(question))] = (question, answer.strip())
     if not truth:
         raise FileNotFoundError(f"{benchmark_dir}: no MME question files found")
     return truth

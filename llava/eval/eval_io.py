@@ -39,6 +39,21 @@ def read_jsonl(path: str, required: Sequence[str] = ()) -> List[dict]:
     return rows
 
 
+def read_tsv(path: str, n_fields: int, layout: str) -> List[List[str]]:
+    """Tab-separated rows of `path` (blank lines skipped); a row without exactly `n_fields` fields raises ValueError
+    naming the file, line and the expected `layout` (e.g. "question<TAB>answer")."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != n_fields:
+                raise ValueError(f"{path}:{line_no}: expected {layout}, got {line.strip()!r}")
+            rows.append(parts)
+    return rows
+
+
 def index_by(rows: Iterable[dict], key: str, source: str) -> Dict[str, dict]:
     """Rows keyed by `str(row[key])`; a row without the key or a repeated key raises ValueError naming `source`."""
     indexed: Dict[str, dict] = {}

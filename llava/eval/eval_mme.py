@@ -14,6 +14,8 @@ import os
 from collections import defaultdict
 from typing import Dict, List, Sequence, Tuple
 
+from llava.eval.eval_io import read_tsv
+
 SUBTASKS = {
     "Perception": ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
                    "artwork", "OCR"),
@@ -45,16 +47,7 @@ def subtask_score(rows: Sequence[Tuple[str, str, str, str]]) -> Dict[str, float]
 
 def read_rows(path: str) -> List[Tuple[str, str, str, str]]:
     """Rows of one result file; a line without exactly 4 tab-separated fields raises ValueError naming it."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 4:
-                raise ValueError(f"{path}:{line_no}: expected image, question, truth, prediction separated by tabs")
-            rows.append(tuple(parts))
-    return rows
+    return [tuple(row) for row in read_tsv(path, 4, "image, question, truth, prediction separated by tabs")]
 
 
 def evaluate(results_dir: str) -> Dict[str, float]:
