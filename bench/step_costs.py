@@ -8,7 +8,11 @@ training stage, the variants called round-robin in each round after a warm-up ro
 - plain_short: plain LLaVA whose encoder output is cut to K + l tokens: the same sequence length without any
   DualSpeed machinery (what isolator insertion, gathering and re-padding cost is oracle / plain_short);
 - slow (SFT): DualSpeed slow step, against baseline + one pruned forward without gradient;
-- select/<pruner>: the selection alone on the step's post-projector features.
+- select/<pruner>: the selection alone on the step's post-projector features;
+- fast+layerskip (SFT): the fast step also skipping half the decoder layers (fixed "uniform" subset);
+- fast+avgpool (pretraining): the fast step with the average-pooling compressor instead of DivPrune;
+- fast+fitprune (SFT): the fast step with FitPrune's in-LLM pruning, its recipe fitted in-process on the timed
+  batch for a budget of 0.5 of the LLM FLOPs (or the smallest reachable one if the text is too long for 0.5).
 Times are CPU time of the process by default (one torch thread: the work done, nearly blind to other processes on
 a shared machine); wall time is recorded too.
 From these it predicts the end-to-end speed-up (pretraining: baseline/fast; SFT: baseline/((1-r) fast + r slow))
@@ -40,7 +44,7 @@ import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -61,13 +65,22 @@ from common import (  # noqa: E402
 
 import dualspeed_patch.patch as patch  # noqa: E402
 from dualspeed_patch import DualSpeedArguments, kept_tokens_tensor  # noqa: E402
+from dualspeed_patch.fitprune import FitPruneRecipe  # noqa: E402
+from dualspeed_patch.fitprune_recipe import fit_recipe, prepare_batch  # noqa: E402
 from dualspeed_patch.isolator import attach_isolator  # noqa: E402
+from dualspeed_patch.llm_flops import LlmShape, flops_ratio  # noqa: E402
 from dualspeed_patch.modes import ModeSchedule, is_slow_step  # noqa: E402
 from dualspeed_patch.pruners import available_pruners, check_inputs, effective_keep, prune_indices, register_pruner  # noqa: E402
 
 ORACLE_PRUNER = "bench_first_k"
 # Built-in pruners whose context is cheap to supply here (FasterVLM gets a random CLS attention, CDPruner q = 1).
 SELECTION_PRUNERS = ("divprune", "random", "uniform", "cdpruner", "fastervlm")
+
+# Fast-mode options timed against the baseline step, and the stages they apply to (layer skipping and FitPrune are
+# SFT options here; the compressor replaces DivPrune in pretraining).
+OPTION_ROWS = {"fast+layerskip": ("sft",), "fast+avgpool": ("pretrain",), "fast+fitprune": ("sft",)}
+LAYER_SKIP = {"layer_skip_ratio": 0.5, "layer_skip_schedule": "uniform"}  # a fixed skipped set, the same each step
+FITPRUNE_BUDGET = 0.5  # target fraction of the LLM FLOPs
 
 TARGETS = {
     "fast_over_oracle": 1.03,
@@ -121,16 +134,38 @@ def stage_settings(a: argparse.Namespace) -> Dict[str, dict]:
             "sft": {"text": 150, "answer": 60, "image_at": 35, "lr": 2e-4, "projector_lr": 2e-5}}
 
 
-def dualspeed_args(a: argparse.Namespace, method: str, slow_ratio: float) -> DualSpeedArguments:
+def dualspeed_args(a: argparse.Namespace, method: str, slow_ratio: float, **options) -> DualSpeedArguments:
+    """DualSpeed settings of one timed variant; `options` are further DualSpeedArguments fields (layer skipping,
+    FitPrune recipe)."""
     return DualSpeedArguments(dualspeed=True, pruning_ratio=a.pruning_ratio, slow_mode_ratio=slow_ratio,
-                              vtp_method=method, mode_isolator_len=a.isolator_len)
+                              vtp_method=method, mode_isolator_len=a.isolator_len, **options)
+
+
+def fitprune_recipe_path(llava, batch: Dict[str, object], directory: str) -> Tuple[str, FitPruneRecipe]:
+    """Fit a FitPrune recipe on the timed batch itself and save it under `directory` (the fast step loads recipes
+    from a file); returns (path, recipe).
+
+    Budget: FITPRUNE_BUDGET of the LLM FLOPs, or, when the text alone keeps that out of reach (few layers, short
+    images: --quick), the smallest reachable ratio (every visual token dropped after layer 0), so that a recipe
+    exists for every cell. Fitting needs a few no-grad forwards; it runs before timing and is not timed.
+    """
+    fit = prepare_batch(llava, batch)
+    shape = LlmShape.from_config(llava.config)
+    n_ref = int(fit.image_tokens[fit.image_tokens > 0].float().mean().round())
+    floor = flops_ratio(shape, fit.fixed_tokens, n_ref, [0] * shape.num_layers)
+    budget = max(FITPRUNE_BUDGET, floor + 1e-9)
+    recipe = fit_recipe(llava, batch, budget, progress=False, info={"source": "bench/step_costs.py"})
+    path = os.path.join(directory, "fitprune_recipe.json")
+    recipe.save(path)
+    return path, recipe
 
 
 # ---------------------------------------------------------------- per-step costs
 
 
-def step_rows(a, llava, step_model, batch: Dict[str, object], stage: str):
-    """The timed variants of one (counts, stage) cell as zero-argument callables, and the cell's token counts."""
+def step_rows(a, llava, step_model, batch: Dict[str, object], stage: str, workdir: str):
+    """The timed variants of one (counts, stage) cell as zero-argument callables, and the cell's token counts
+    (`workdir`: where the cell's FitPrune recipe file goes)."""
     fast_args, oracle_args = dualspeed_args(a, "divprune", 0.0), dualspeed_args(a, ORACLE_PRUNER, 0.0)
     slow_args = dualspeed_args(a, "divprune", 1.0)
 
@@ -191,6 +226,17 @@ def step_rows(a, llava, step_model, batch: Dict[str, object], stage: str):
             "plain_short": plain_short}
     if stage == "sft":  # pretraining runs fast steps only (the paper's recipe)
         rows.update(slow=dualspeed_step(slow_args), pruned_forward=pruned_forward)
+    options = [name for name, stages in OPTION_ROWS.items() if stage in stages]
+    fitprune_info = None
+    if "fast+layerskip" in options:
+        rows["fast+layerskip"] = dualspeed_step(dualspeed_args(a, "divprune", 0.0, **LAYER_SKIP))
+    if "fast+avgpool" in options:
+        rows["fast+avgpool"] = dualspeed_step(dualspeed_args(a, "avgpool", 0.0))
+    if "fast+fitprune" in options:
+        path, recipe = fitprune_recipe_path(llava, batch, workdir)
+        rows["fast+fitprune"] = dualspeed_step(dualspeed_args(a, "fitprune", 0.0, fitprune_recipe=path))
+        fitprune_info = {"visual_tokens": recipe.visual_tokens, "remaining": list(recipe.remaining),
+                         "flops_budget": recipe.flops_budget, "flops_ratio": recipe.flops_ratio}
     features = features.detach()
     context = {"seed": a.seed + 1, "cls_attention": torch.randn(b, n).masked_fill(~valid, -1e9).softmax(dim=1)}
     for name in SELECTION_PRUNERS:
@@ -198,6 +244,8 @@ def step_rows(a, llava, step_model, batch: Dict[str, object], stage: str):
             rows[f"select/{name}"] = (lambda m=name: prune_indices(m, features, keep, valid, **context))
     info = {"visual_tokens": int(lengths.max()), "kept_tokens": int(keep.max()),
             "views_per_image": int(views.shape[1]) if views.ndim == 5 else 1}
+    if fitprune_info is not None:
+        info["fitprune_recipe"] = fitprune_info
     return rows, info
 
 
@@ -225,10 +273,11 @@ def measure_cell(a, pristine, count: str, stage: str, counts: dict, stages: dict
         batch = anyres_batch(c["batch"], s["text"], s["answer"], s["image_at"], image_side, c["grid"], a.vocab, a.seed)
     else:
         batch = synthetic_batch(c["batch"], s["text"], s["answer"], s["image_at"], image_side, a.vocab, seed=a.seed)
-    rows, info = step_rows(a, model, step_model, batch, stage)
-    patch.apply()
-    weights = {name: 1 if name in ("baseline", "slow") else a.cheap_repeats for name in rows}
-    both = time_interleaved(rows, repeats=a.repeats, warmup=a.warmup, weights=weights)
+    with tempfile.TemporaryDirectory() as workdir:  # the FitPrune recipe file lives while the cell is timed
+        rows, info = step_rows(a, model, step_model, batch, stage, workdir)
+        patch.apply()
+        weights = {name: 1 if name in ("baseline", "slow") else a.cheap_repeats for name in rows}
+        both = time_interleaved(rows, repeats=a.repeats, warmup=a.warmup, weights=weights)
     times, other = both[a.clock], next(c for c in CLOCKS if c != a.clock)
     n, k = info["visual_tokens"], info["kept_tokens"]
     cell = {
@@ -252,6 +301,9 @@ def measure_cell(a, pristine, count: str, stage: str, counts: dict, stages: dict
     for name in SELECTION_PRUNERS:
         if f"select/{name}" in times:
             ratios[f"share/{name}"] = paired_ratio(times, f"select/{name}", ["fast"], a.repeats)
+    for name in ["fast", *OPTION_ROWS]:  # each fast-mode variant's step cost relative to the baseline step
+        if name in times:
+            ratios[f"{name}_over_baseline"] = paired_ratio(times, name, ["baseline"], a.repeats)
     cell["ratios"] = ratios
     if a.profile:
         cell["profile"] = {name: profile_phases(rows[name], a.clock)
@@ -540,6 +592,19 @@ def markdown(result: dict) -> str:
                 share = c["ratios"][f"share/{name}"]
                 lines.append(f"| {count} | {stage} | {name} | {_ms(c['rows'][f'select/{name}'])} | "
                              f"{share['value'] * 100:.2f}% [{share['min'] * 100:.2f}–{share['max'] * 100:.2f}] |")
+    lines += ["", "| counts | stage | fast-mode variant | step ms | step / baseline step |", "|---|---|---|---|---|"]
+    for key, c in result["cells"].items():
+        count, stage = key.split("/")
+        for name in ["fast", *OPTION_ROWS]:
+            if name in c["rows"]:
+                lines.append(f"| {count} | {stage} | {name} | {_ms(c['rows'][name])} | "
+                             f"{_ratio(c['ratios'][f'{name}_over_baseline'])} |")
+    for key, c in result["cells"].items():
+        if "fitprune_recipe" in c:
+            r = c["fitprune_recipe"]
+            lines.append(f"\nFitPrune recipe [{key}]: fitted in-process on the timed batch for a budget of "
+                         f"{r['flops_budget']:.3f} of the LLM FLOPs (estimate {r['flops_ratio']:.3f}); of "
+                         f"{r['visual_tokens']} visual tokens, {r['remaining']} remain after each layer.")
     if result["e2e"]:
         lines += ["", f"| stage (LLaVA-1.5 counts) | timed steps (slow) | baseline s ({clock}) | DualSpeed s ({clock}) | "
                   "measured speed-up | "
@@ -606,7 +671,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "outputs" / "step_costs.json"))
     a = p.parse_args(argv)
     if a.quick:
-        a.hidden, a.layers, a.vocab, a.repeats, a.warmup, a.cheap_repeats = 64, 2, 512, 1, 1, 1
+        # 4 layers: the fewest at which skipping half of them leaves the first and last layer in place
+        a.hidden, a.layers, a.vocab, a.repeats, a.warmup, a.cheap_repeats = 64, 4, 512, 1, 1, 1
         a.batch15, a.batch_next, a.e2e_steps, a.e2e_warmup, a.lora_r = 2, 1, 3, 2, 4
     if a.clock is None:
         a.clock = "cpu" if a.threads == 1 else "wall"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SELECTORS = {f"select/{name}" for name in ("divprune", "random", "uniform", "cdpruner", "fastervlm")}
-PRETRAIN_ROWS = {"baseline", "fast", "oracle", "plain_short"} | SELECTORS
-SFT_ROWS = PRETRAIN_ROWS | {"slow", "pruned_forward"}
+BASE_ROWS = {"baseline", "fast", "oracle", "plain_short"} | SELECTORS
+PRETRAIN_ROWS = BASE_ROWS | {"fast+avgpool"}
+SFT_ROWS = BASE_ROWS | {"slow", "pruned_forward", "fast+layerskip", "fast+fitprune"}
 
 
 def finite(x) -> bool:
@@ -32,12 +33,19 @@ def test_quick_run_reports_every_row(tmp_path):
             assert row["n"] == 1 and all(finite(row[k]) and row[k] > 0 for k in ("median", "min", "max")), (key, name)
         ratios = cell["ratios"]
         expected = {"fast_over_oracle", "oracle_over_plain_short", "limit_speedup", "predicted_speedup"} | {
-            f"share/{s.split('/')[1]}" for s in SELECTORS}
+            f"share/{s.split('/')[1]}" for s in SELECTORS} | {
+            f"{name}_over_baseline" for name in cell["rows"] if name.startswith("fast")}
         if stage == "sft":
             expected.add("slow_over_reference")
         assert set(ratios) == expected, key
         assert all(finite(r["value"]) and r["value"] > 0 for r in ratios.values()), key
         assert ratios["predicted_speedup"]["slow_ratio"] == (0.1 if stage == "sft" else 0.0)
+        if stage == "sft":  # a valid recipe for this cell's model and token counts, within its budget
+            recipe = cell["fitprune_recipe"]
+            assert recipe["visual_tokens"] == cell["visual_tokens"] and len(recipe["remaining"]) == 4, key
+            assert recipe["flops_ratio"] <= recipe["flops_budget"] and recipe["flops_budget"] >= 0.5, key
+        else:
+            assert "fitprune_recipe" not in cell, key
 
     # --quick: 4 x 4 patches per view. LLaVA-1.5: 16 tokens, K = round(1.6) = 2. NeXT (anyres, 2 x 2 tiles,
     # spatial_unpad): 16 base + 8 x 8 tiles + 8 newlines = 88 tokens, K = round(8.8) = 9. + 4 isolator vectors;
@@ -65,4 +73,6 @@ def test_quick_run_reports_every_row(tmp_path):
     assert len(result["targets"]) == 10
     assert all(isinstance(t["pass"], bool) and finite(t["value"]) for t in result["targets"])
     table = out.with_suffix(".md").read_text()
-    assert table.count("| llava15 | sft |") == 7 and "LLaVA-NeXT: anyres" in table  # 2 step tables + 5 selectors
+    # 2 step tables + 5 selectors + fast, fast+layerskip and fast+fitprune against the baseline step
+    assert table.count("| llava15 | sft |") == 10 and "LLaVA-NeXT: anyres" in table
+    assert table.count("| llava15 | pretrain | fast+avgpool |") == 1 and "FitPrune recipe [next/sft]" in table
