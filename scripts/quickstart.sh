@@ -4,9 +4,7 @@
 # Uses the same scripts as a real run; only paths, batch sizes and precision are overridden.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -n "${SKIP_INSTALL:-}" ] || python -m pip install --quiet torch==2.13.0
-[ -n "${SKIP_INSTALL:-}" ] || python -m pip install --quiet -e ".[train]"
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+source scripts/lib/tiny_env.sh train
 
 WORLD="${WORLD:-playground/tiny}"
 RUN="${RUN:-checkpoints/tiny}"

@@ -6,7 +6,5 @@
 # Finished runs are reused on a re-run (pass --force to retrain). Extra arguments go to playground.sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -n "${SKIP_INSTALL:-}" ] || python -m pip install --quiet torch==2.13.0
-[ -n "${SKIP_INSTALL:-}" ] || python -m pip install --quiet -e ".[train,plot]"
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+source scripts/lib/tiny_env.sh train,plot
 python -m playground.sweep --out "${OUT:-checkpoints/sweep}" "$@"
