@@ -23,7 +23,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .registry import Keep, _same_function, available_pruners, gather_kept, get_pruner, has_pruner, prune_indices
+from .registry import (Keep, _normalise_name, available_pruners, gather_kept, get_pruner, has_pruner, prune_indices,
+                       registrar)
 
 CompressorFn = Callable[..., tuple]
 
@@ -31,29 +32,14 @@ _COMPRESSORS: dict[str, CompressorFn] = {}
 
 
 def _key(name: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"compressor name must be a non-empty string, got {name!r}")
-    return name.strip().lower()
+    return _normalise_name(name, "compressor")
 
 
 def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwrite: bool = False):
     """Register `fn` as compressor `name` (case-insensitive), usable as `--vtp_method name`; works as a decorator.
 
     Raises if `name` is a registered pruner, or a different compressor already holds it (unless `overwrite`)."""
-    key = _key(name)
-
-    def decorate(f: CompressorFn) -> CompressorFn:
-        if not callable(f):
-            raise TypeError(f"compressor {name!r} must be callable, got {f!r}")
-        if has_pruner(key):
-            raise ValueError(f"{key!r} is already a registered pruner; choose another name for the compressor")
-        old = _COMPRESSORS.get(key)
-        if old is not None and not overwrite and not _same_function(old, f):
-            raise ValueError(f"compressor {key!r} is already registered ({old!r}); pass overwrite=True to replace it")
-        _COMPRESSORS[key] = f
-        return f
-
-    return decorate if fn is None else decorate(fn)
+    return registrar(_COMPRESSORS, "compressor", name, fn, overwrite, reserved=has_pruner)
 
 
 def has_compressor(name: str) -> bool:

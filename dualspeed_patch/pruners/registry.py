@@ -28,9 +28,9 @@ Keep = Union[int, torch.Tensor]
 _REGISTRY: dict[str, PrunerFn] = {}
 
 
-def _normalise_name(name: str) -> str:
+def _normalise_name(name: str, kind: str = "pruner") -> str:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"pruner name must be a non-empty string, got {name!r}")
+        raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
     return name.strip().lower()
 
 
@@ -40,22 +40,32 @@ def _same_function(a: PrunerFn, b: PrunerFn) -> bool:
     return a is b or key(a) == key(b)
 
 
+def registrar(table: dict, kind: str, name: str, fn: Optional[Callable], overwrite: bool,
+              reserved: Optional[Callable[[str], bool]] = None):
+    """Register `fn` in `table` under `name` (case-insensitive), or return the decorator that does; shared by the
+    pruner and compressor registries. A name `reserved` by the other registry, or held by a different function
+    (unless `overwrite`), raises."""
+    key = _normalise_name(name, kind)
+
+    def decorate(f: Callable) -> Callable:
+        if not callable(f):
+            raise TypeError(f"{kind} {name!r} must be callable, got {f!r}")
+        if reserved is not None and reserved(key):
+            raise ValueError(f"{key!r} is already a registered pruner; choose another name for the {kind}")
+        old = table.get(key)
+        if old is not None and not overwrite and not _same_function(old, f):
+            raise ValueError(f"{kind} {key!r} is already registered ({old!r}); pass overwrite=True to replace it")
+        table[key] = f
+        return f
+
+    return decorate if fn is None else decorate(fn)
+
+
 def register_pruner(name: str, fn: Optional[PrunerFn] = None, *, overwrite: bool = False):
     """Register `fn` as pruner `name` (case-insensitive) so `--vtp_method name` can select it.
     Use as `register_pruner("mine", fn)` or as the decorator `@register_pruner("mine")`.
     Registering a different function under a taken name raises unless `overwrite=True`."""
-    key = _normalise_name(name)
-
-    def decorate(f: PrunerFn) -> PrunerFn:
-        if not callable(f):
-            raise TypeError(f"pruner {name!r} must be callable, got {f!r}")
-        old = _REGISTRY.get(key)
-        if old is not None and not overwrite and not _same_function(old, f):
-            raise ValueError(f"pruner {key!r} is already registered ({old!r}); pass overwrite=True to replace it")
-        _REGISTRY[key] = f
-        return f
-
-    return decorate if fn is None else decorate(fn)
+    return registrar(_REGISTRY, "pruner", name, fn, overwrite)
 
 
 def has_pruner(name: str) -> bool:
