@@ -91,7 +91,10 @@ def subset(data: Path, limit: Optional[int], dest: Path) -> Path:
 
 
 def run_logged(cmd: list[str], env: dict, log_file: Path) -> float:
-    """Run `cmd` with its output in `log_file`; returns wall seconds. A failure raises naming the log."""
+    """Run `cmd` in this environment updated by `env` (offline; the repository importable even when not installed)
+    with its output in `log_file`; returns wall seconds. A failure raises naming the log."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **env}
     start = time.perf_counter()
     with open(log_file, "w") as handle:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
@@ -110,16 +113,14 @@ def train_runtime(log_file: Path) -> Optional[float]:
 
 def train(variant: Variant, world: Path, run: Path, recipe: Recipe) -> dict:
     """Stage 1 (projector pretraining) and stage 2 (LoRA SFT) of `variant`; returns the stage timings."""
-    env = dict(os.environ)
-    env.update(
+    env = dict(
         MODEL=str(world / "models" / "tiny-llama"), VISION_TOWER=str(world / "models" / "tiny-clip"),
         IMAGE_FOLDER=str(world / "images"), NUM_GPUS=str(recipe.num_procs), BF16="False", TF32="False",
-        GRADIENT_CHECKPOINTING="False", NUM_WORKERS="0", REPORT_TO="none", HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+        GRADIENT_CHECKPOINTING="False", NUM_WORKERS="0", REPORT_TO="none",
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
         PRUNING_RATIO=str(variant.pruning_ratio), SLOW_MODE_RATIO=str(variant.slow_ratio),
         ISOLATOR_LEN=str(variant.isolator_len), VTP_METHOD=variant.vtp_method,
     )
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # works uninstalled too
     suffix = "_dualspeed" if variant.dualspeed else ""
     common = ["--seed", str(recipe.seed), "--data_seed", str(recipe.seed), "--logging_steps", "10"]
     timings = {}
@@ -176,9 +177,7 @@ def evaluate(variant: Variant, world: Path, run: Path, mode: str, pruning_ratio:
         cmd += ["--pruning-ratio", str(pruning_ratio), "--vtp-method", variant.vtp_method]
     if mode == "pruned+isolator":
         cmd += ["--use-mode-isolator"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    wall = run_logged(cmd, env, run / "eval" / f"{mode}.log")
+    wall = run_logged(cmd, {}, run / "eval" / f"{mode}.log")
     result = score(read_jsonl(answers), read_jsonl(world / "eval" / "answers_key.jsonl"))
     result["eval_wall_s"] = round(wall, 1)
     return result
