@@ -96,4 +96,7 @@ def train(attn_implementation=None, argv=None):
 
 
 if __name__ == "__main__":
+    from llava.train.distributed import shutdown_process_group
+
     train()
+    shutdown_process_group()

@@ -9,8 +9,10 @@ from dualspeed_patch.train import train
 
 if __name__ == "__main__":
     from llava.train.data import DataError
+    from llava.train.distributed import shutdown_process_group
 
     try:
         train()
+        shutdown_process_group()
     except DataError as exc:
         sys.exit(f"data error: {str(exc).strip().splitlines()[-1]}")

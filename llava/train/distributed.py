@@ -35,3 +35,17 @@ def init_cpu_deepspeed_comm(training_args) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
+
+
+def shutdown_process_group() -> None:
+    """Tear the process group down once a run has finished on every rank.
+
+    Left to interpreter exit, gloo's background threads can be destroyed while still joinable, and a rank that
+    has already saved everything aborts with `terminate called without an active exception` (SIGABRT), which
+    the launcher reports as a failed run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

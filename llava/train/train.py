@@ -213,4 +213,7 @@ def train(
 
 
 if __name__ == "__main__":
+    from llava.train.distributed import shutdown_process_group
+
     train()
+    shutdown_process_group()

@@ -6,10 +6,12 @@ the file and sample instead of a traceback.
 import sys
 
 from llava.train.data import DataError
+from llava.train.distributed import shutdown_process_group
 from llava.train.train import train
 
 if __name__ == "__main__":
     try:
         train()
+        shutdown_process_group()
     except DataError as exc:
         sys.exit(f"data error: {str(exc).strip().splitlines()[-1]}")
