@@ -88,3 +88,23 @@ def test_dualspeed_zero3_lora_with_slow_steps(tiny_world, dualspeed_pretrain, tm
         assert (d / "mode_isolator.bin").is_file() and (d / "non_lora_trainables.bin").is_file(), d
     weights = torch.load(out / "non_lora_trainables.bin", weights_only=True)
     assert weights["base_model.model.model.mode_isolator.weight"].shape == (4, 256)
+
+
+def test_shutdown_process_group_leaves_no_group_on_either_rank(tmp_path):
+    script = tmp_path / "shutdown.py"
+    script.write_text(
+        "import torch.distributed as dist\n"
+        "from llava.train.distributed import shutdown_process_group\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "shutdown_process_group()\n"
+        "shutdown_process_group()  # a second call is a no-op\n"
+        "print(f'rank {rank} initialized={dist.is_initialized()}')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(script)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("rank ")) == [
+        "rank 0 initialized=False", "rank 1 initialized=False"]
