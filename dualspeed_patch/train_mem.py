@@ -8,11 +8,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from dualspeed_patch.train import train
 
 if __name__ == "__main__":
-    from llava.train.data import DataError
-    from llava.train.distributed import shutdown_process_group
+    from llava.train.train_mem import main
 
-    try:
-        train()
-        shutdown_process_group()
-    except DataError as exc:
-        sys.exit(f"data error: {str(exc).strip().splitlines()[-1]}")
+    main(train)

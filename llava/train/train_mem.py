@@ -4,14 +4,22 @@ A data problem (bad JSON, malformed sample, missing image, tokenization mismatch
 the file and sample instead of a traceback.
 """
 import sys
+from typing import Callable
 
 from llava.train.data import DataError
 from llava.train.distributed import shutdown_process_group
 from llava.train.train import train
 
-if __name__ == "__main__":
+
+def main(train_fn: Callable[[], object] = train) -> None:
+    """Run one training stage as a launched process: a data error exits with one line, a finished run closes
+    the process group (DualSpeed's entry point passes its own `train`)."""
     try:
-        train()
-        shutdown_process_group()
+        train_fn()
     except DataError as exc:
         sys.exit(f"data error: {str(exc).strip().splitlines()[-1]}")
+    shutdown_process_group()
+
+
+if __name__ == "__main__":
+    main()
