@@ -13,6 +13,7 @@ interrupted reproduction resumes where it stopped.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -215,3 +216,21 @@ def run_variant(variant: Variant, world: Path, out: Path, recipe: Recipe,
               "train_s": round(sum(t["wall_s"] for t in timings.values()), 1)}
     result_file.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """The options every tiny-world experiment CLI takes: --world, --out, --seed, --force."""
+    parser.add_argument("--world", type=Path, default=None, help="tiny world to use (default: build/reuse playground/tiny)")
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    parser.add_argument("--seed", type=int, default=Recipe.seed)
+    parser.add_argument("--force", action="store_true", help="retrain runs even when a finished result exists")
+
+
+def world_and_out(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Resolved (world, out) for parsed `add_run_arguments` options; builds or reuses the default world and
+    creates `out`."""
+    from playground.build_tiny_world import ensure_built
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return (args.world or ensure_built()).resolve(), out

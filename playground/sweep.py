@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from playground.experiments import BASELINE, Recipe, Variant, log, run_variant
+from playground.experiments import BASELINE, Recipe, Variant, add_run_arguments, log, run_variant, world_and_out
 
 PRUNING_RATIOS = (0.5, 0.7, 0.9, 0.95)
 SLOW_RATIOS = (0.0, 0.05, 0.1, 0.2, 0.5)
@@ -67,21 +67,14 @@ def plot(points: dict[str, list[dict]], baseline_acc: float, path: Path) -> bool
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m playground.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", type=Path, default=None, help="tiny world to use (default: build/reuse playground/tiny)")
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/sweep"))
-    parser.add_argument("--seed", type=int, default=Recipe.seed)
+    add_run_arguments(parser, "checkpoints/sweep")
     parser.add_argument("--max-pretrain-samples", type=int, default=None, help="train on the first N pretraining records")
     parser.add_argument("--max-sft-samples", type=int, default=None, help="train on the first N SFT records")
     parser.add_argument("--pruning-ratios", type=float, nargs="+", default=list(PRUNING_RATIOS))
     parser.add_argument("--slow-ratios", type=float, nargs="+", default=list(SLOW_RATIOS))
-    parser.add_argument("--force", action="store_true", help="retrain runs even when a finished result exists")
     args = parser.parse_args(argv)
 
-    from playground.build_tiny_world import ensure_built
-
-    world = (args.world or ensure_built()).resolve()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    world, out = world_and_out(args)
     recipe = Recipe(seed=args.seed, max_pretrain_samples=args.max_pretrain_samples,
                     max_sft_samples=args.max_sft_samples)
     start = time.perf_counter()

@@ -13,10 +13,10 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 from playground.experiments import (BASELINE, DUALSPEED, DUALSPEED_AVGPOOL, DUALSPEED_FITPRUNE, DUALSPEED_LAYER_SKIP,
-                                   MODES, NAIVE_PRUNE, Recipe, log, run_variant)
+                                   MODES, NAIVE_PRUNE, Recipe, add_run_arguments, log, run_variant,
+                                   world_and_out)
 
 VARIANTS = (BASELINE, NAIVE_PRUNE, DUALSPEED)
 EXTRA_VARIANTS = {"layer-skip": DUALSPEED_LAYER_SKIP, "avgpool": DUALSPEED_AVGPOOL, "fitprune": DUALSPEED_FITPRUNE}
@@ -53,33 +53,29 @@ def markdown(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m playground.table2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", type=Path, default=None, help="tiny world to use (default: build/reuse playground/tiny)")
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/table2"))
-    parser.add_argument("--seed", type=int, default=Recipe.seed)
-    parser.add_argument("--force", action="store_true", help="retrain variants even when a finished result exists")
+    add_run_arguments(parser, "checkpoints/table2")
     parser.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA_VARIANTS),
                         help="extra rows (issue 8): layer-skip = fast SFT steps also skip half the decoder layers; avgpool = "
                              "average-pooling compressor in pretraining; fitprune = in-LLM pruning in SFT by a "
                              "recipe fitted after pretraining")
     args = parser.parse_args(argv)
 
-    from playground.build_tiny_world import ensure_built, read_manifest
+    from playground.build_tiny_world import read_manifest
 
-    world = (args.world or ensure_built()).resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
+    world, out = world_and_out(args)
     recipe = Recipe(seed=args.seed)
     start = time.perf_counter()
     results = {}
     for variant in VARIANTS + tuple(EXTRA_VARIANTS[name] for name in args.extra):
-        results[variant.name] = run_variant(variant, world, args.out.resolve(), recipe, force=args.force)
+        results[variant.name] = run_variant(variant, world, out, recipe, force=args.force)
     table = markdown(results)
     summary = {"table_markdown": table, "results": results, "world": str(world),
                "world_params": read_manifest(world)["params"], "machine": platform.platform(),
                "total_s": round(time.perf_counter() - start, 1)}
-    (args.out / "table2.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.out / "table2.md").write_text(table + "\n")
+    (out / "table2.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "table2.md").write_text(table + "\n")
     print(table)
-    log(f"saved {args.out / 'table2.md'} and {args.out / 'table2.json'} ({summary['total_s']:.0f}s)")
+    log(f"saved {out / 'table2.md'} and {out / 'table2.json'} ({summary['total_s']:.0f}s)")
     return summary
 
 
