@@ -5,8 +5,9 @@ Everything the test-suite and the smoke runs need, created offline and determini
 * ``models/tiny-llama/``  SentencePiece tokenizer trained on the synthetic corpus + a small
   ``LlamaForCausalLM`` briefly LM-trained on that text so it behaves like a pretrained base.
 * ``models/tiny-clip/``   a small full ``CLIPModel`` (vision + text towers), its image processor
-  and a CLIP-style BPE tokenizer for the text tower; randomly initialised by default
-  (``clip_steps > 0`` adds a short contrastive training on the captions).
+  and a CLIP-style BPE tokenizer for the text tower, briefly trained contrastively on the
+  pretraining captions (``clip_steps``; 0 keeps it random) so that, like the real CLIP, its
+  patch features carry what the captions name.
 * ``images/{pretrain,sft,eval}/*.png``  scenes of 1-4 coloured shapes on a 3x3 grid.
 * ``pretrain.json`` / ``sft.json``  LLaVA-Pretrain / mix665k formatted data (image folder: ``images/``).
 * ``eval/questions.jsonl`` / ``eval/answers_key.jsonl``  held-out short-answer questions.
@@ -143,7 +144,10 @@ class WorldParams:
     clip_text_hidden: int = 64
     clip_text_layers: int = 2
     clip_vocab_size: int = 768
-    clip_steps: int = 0  # >0: brief contrastive training on captions (random CLIP otherwise)
+    # Contrastive training on the captions (0: random CLIP). A random tower's patch features barely vary with
+    # the image (spread 3.7 around a common vector of norm 12.5); after 300 steps they vary 24.5 around 30, and
+    # a 188-step stage 1 lowers the caption loss against shuffled images by 0.078 instead of 0.003.
+    clip_steps: int = 300
     clip_batch: int = 32
     clip_lr: float = 2e-3
 

@@ -283,7 +283,7 @@ def test_bad_params_raise_clear_errors():
 
 def test_small_build_waits_for_lock_and_honours_image_size(tmp_path, tiny_llm_path):
     root = tmp_path / "world"
-    small = dict(image_size=32, patch_size=8, n_pretrain=8, n_sft=20, n_eval=8, lm_steps=2)
+    small = dict(image_size=32, patch_size=8, n_pretrain=8, n_sft=20, n_eval=8, lm_steps=2, clip_steps=2)
     done = []
     (tmp_path / ".world.build-killed").mkdir()  # left over by a builder that died
     with tw.exclusive_lock(tw.lock_path(root)):
