@@ -81,8 +81,9 @@ def test_forward_loss_equals_manual_ce_and_accepts_trainer_kwargs(tiny_llava):
 def test_generate_returns_new_tokens_only(tiny_llava):
     model = tiny_llava
     ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 5, 6]])
-    out = model.generate(ids, images=_images(model, 1), max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert out.shape == (1, 4)
+    # min_new_tokens: an early EOS from the tiny weights must not shorten the answer this test measures
+    out = model.generate(ids, images=_images(model, 1), max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 4)  # the 4 prompt ids are not returned
 
 
 @pytest.mark.parametrize("kind,layers", [("linear", 1), ("mlp2x_gelu", 3), ("mlp3x_gelu", 5)])
