@@ -96,7 +96,6 @@ def train(attn_implementation=None, argv=None):
 
 
 if __name__ == "__main__":
-    from llava.train.distributed import shutdown_process_group
+    from llava.train.train_mem import main
 
-    train()
-    shutdown_process_group()
+    main(train)

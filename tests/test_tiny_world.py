@@ -301,7 +301,7 @@ def test_small_build_waits_for_lock_and_honours_image_size(tmp_path, tiny_llm_pa
     assert vision(pixel_values=torch.zeros(1, 3, 32, 32)).last_hidden_state.shape == (1, 17, 128)
     # position embeddings start at clip_position_std (0.5), not transformers' 0.02; 2 steps barely move them
     std = vision.embeddings.position_embedding.weight.std().item()
-    assert std == pytest.approx(manifest["params"]["clip_position_std"], rel=0.15) and std > 0.4
+    assert std == pytest.approx(manifest["params"]["clip_position_std"], rel=0.15)
     # the tokenizers depend only on seed and vocab sizes: byte-identical to the default world's
     assert (root / "models" / "tiny-llama" / "tokenizer.model").read_bytes() == \
         (tiny_llm_path / "tokenizer.model").read_bytes()
