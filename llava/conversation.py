@@ -212,6 +212,10 @@ conv_mpt = _template(
     _CHATML_ROLES, SeparatorStyle.MPT, "<|im_end|>", version="mpt",
 )
 conv_llava_plain = _template("", ("", ""), SeparatorStyle.PLAIN, "\n")
+# The embedded tiny world's chat (playground/build_tiny_world.py): Vicuna v1's format with a short system prompt,
+# so that the image, always first in the first turn, sits a few tokens from the start of every sample.
+conv_tiny_world = _template("Answer questions about the picture.", ("USER", "ASSISTANT"), SeparatorStyle.TWO,
+                            " ", "</s>", version="v1")
 conv_llava_v0 = _template(_HUMAN_SYSTEM, ("Human", "Assistant"), SeparatorStyle.SINGLE, "###")
 conv_llava_v0_mmtag = _template(_MMTAG_SYSTEM, ("Human", "Assistant"), SeparatorStyle.SINGLE, "###",
                                 version="v0_mmtag")
@@ -233,6 +237,7 @@ conv_templates: Dict[str, Conversation] = {
     "chatml_direct": conv_chatml_direct,
     "mistral_direct": conv_chatml_direct,
     "plain": conv_llava_plain,
+    "tiny_world": conv_tiny_world,
     "v0_plain": conv_llava_plain,
     "llava_v0": conv_llava_v0,
     "v0_mmtag": conv_llava_v0_mmtag,

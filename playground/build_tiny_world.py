@@ -2,13 +2,16 @@
 
 Everything the test-suite and the smoke runs need, created offline and deterministically:
 
-* ``models/tiny-llama/``  SentencePiece tokenizer trained on the synthetic corpus + a small
-  ``LlamaForCausalLM`` briefly LM-trained on that text so it behaves like a pretrained base.
+* ``models/tiny-llama/``  SentencePiece tokenizer trained on the synthetic corpus (plus one "scene word"
+  per kind of patch) + a small ``LlamaForCausalLM`` language-pretrained on scene texts: scene words where
+  the image will sit, then a caption or a chat about the scene. Like a real base LLM that already reads and
+  answers, it leaves stage 1 to map visual tokens onto what it reads.
 * ``models/tiny-clip/``   a small full ``CLIPModel`` (vision + text towers), its image processor
   and a CLIP-style BPE tokenizer for the text tower, briefly trained contrastively on the
   pretraining captions (``clip_steps``; 0 keeps it random) so that, like the real CLIP, its
   patch features carry what the captions name.
-* ``images/{pretrain,sft,eval}/*.png``  scenes of 1-4 coloured shapes on a 3x3 grid.
+* ``images/{pretrain,sft,eval}/*.png``  scenes of 1-4 identical coloured shapes on a 4x4 grid
+  (``playground.tiny_scenes``).
 * ``pretrain.json`` / ``sft.json``  LLaVA-Pretrain / mix665k formatted data (image folder: ``images/``).
 * ``eval/questions.jsonl`` / ``eval/answers_key.jsonl``  held-out short-answer questions.
 * ``scenes.json``  ground-truth scene of every image; ``world.json`` the manifest.
@@ -36,67 +39,21 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-FORMAT_VERSION = 1
+if __package__ in (None, ""):  # run as a file: make `playground` and `llava` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FORMAT_VERSION = 2
 DEFAULT_ROOT = Path(__file__).resolve().parent / "tiny"
 
-# ----------------------------------------------------------------------------------------------
-# Vocabulary of the synthetic world
-# ----------------------------------------------------------------------------------------------
-
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 90, 230),
-    "yellow": (240, 210, 30),
-    "purple": (150, 60, 200),
-    "orange": (250, 140, 20),
-}
-BACKGROUND: tuple[int, int, int] = (245, 245, 245)
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-# Cell index = row * 3 + col, rows top to bottom, columns left to right.
-POSITIONS: tuple[str, ...] = (
-    "top left", "top center", "top right",
-    "middle left", "center", "middle right",
-    "bottom left", "bottom center", "bottom right",
+# The world's vocabulary, scenes and questions live in playground.tiny_scenes; the builder turns them into
+# images, LLaVA-format data, tokenizers and models.
+from playground.tiny_scenes import (  # noqa: E402
+    ANSWER_CHOICES, CATEGORIES, COLORS, GRID, IMAGE_TOKEN, MAX_OBJECTS, NUMBER_WORDS, QUESTION_TEMPLATES, SHAPES,
+    SHORT_ANSWER_PROMPT, Scene, ask, caption, render_scene, sample_scene, scene_words, short_form, slot_words,
 )
-MAX_SHAPES = 4
-CATEGORIES: tuple[str, ...] = ("color", "count", "presence", "position")
-ANSWER_CHOICES: dict[str, list[str]] = {
-    "color": list(COLORS),
-    "count": [str(n) for n in range(1, MAX_SHAPES + 1)],
-    "presence": ["yes", "no"],
-    "position": list(POSITIONS),
-}
 
-SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
-IMAGE_TOKEN = "<image>"
-
-QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "color": (
-        "What color is the shape at the {pos}?",
-        "What is the color of the object at the {pos}?",
-        "Which color does the shape at the {pos} have?",
-    ),
-    "count": (
-        "How many shapes are there in the image?",
-        "How many objects are in the picture?",
-        "Count the shapes in the image.",
-    ),
-    "presence": (
-        "Is there a {color} {shape} in the image?",
-        "Can you see a {color} {shape}?",
-        "Does the picture contain a {color} {shape}?",
-    ),
-    "position": (
-        "Where is the {color} {shape}?",
-        "In which part of the image is the {color} {shape}?",
-        "Where is the {color} {shape} located?",
-    ),
-}
+# Conversation template of the tiny world's SFT, evaluation and chat LM documents (llava.conversation).
+CONV_MODE = "tiny_world"
 
 # Text-only SFT material: fixed facts (question, short answer, long answer).
 FACTS: tuple[tuple[str, str, str], ...] = (
@@ -113,8 +70,6 @@ FACTS: tuple[tuple[str, str, str], ...] = (
     ("What shape is round?", "Circle", "A circle is round."),
     ("What shape has three sides?", "Triangle", "A triangle has three sides."),
 )
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-
 
 @dataclass(frozen=True)
 class WorldParams:
@@ -125,17 +80,19 @@ class WorldParams:
     patch_size: int = 8
     n_pretrain: int = 2000
     n_sft: int = 3000
-    n_eval: int = 300
+    n_eval: int = 1500
     text_only_ratio: float = 0.05
-    short_answer_ratio: float = 0.4
+    short_answer_ratio: float = 0.7
     vocab_size: int = 1024
-    llm_hidden: int = 256
-    llm_intermediate: int = 688
+    llm_hidden: int = 128
+    llm_intermediate: int = 344
     llm_layers: int = 4
     llm_heads: int = 4
-    lm_steps: int = 120
-    lm_batch: int = 8
-    lm_seq_len: int = 64
+    # Language pretraining of the tiny LLaMA on "scene texts" (scene words where the image will sit, then a
+    # caption or a chat about the scene), from scenes of its own (never the SFT or evaluation scenes).
+    lm_scenes: int = 2000
+    lm_steps: int = 220
+    lm_batch: int = 24
     lm_lr: float = 3e-3
     clip_hidden: int = 128
     clip_layers: int = 4
@@ -143,15 +100,12 @@ class WorldParams:
     clip_projection_dim: int = 64
     clip_text_hidden: int = 64
     clip_text_layers: int = 2
-    clip_vocab_size: int = 768
+    clip_vocab_size: int = 704
     # Contrastive training on the captions (0: random CLIP). A random tower's patch features barely vary with
-    # the image (spread 3.7 around a common vector of norm 12.5); contrastive training makes them carry what the
-    # captions name. 150 steps take ~45 s, run beside the LLaMA's LM training.
+    # the image; contrastive training makes them carry what the captions name (colour, shape, number).
     clip_steps: int = 150
-    # Std of the vision tower's position embeddings at initialisation. With transformers' default (0.02, ~60x
-    # below a patch embedding here) an MLP probe on layer -2 features finds the grid cell of only 30% of the
-    # patches covered by a shape after 300 contrastive steps (their colour: 99%); at 0.5, as in a trained ViT
-    # whose position embeddings are a sizeable part of every token, it finds the cell in 99.9% (colour 100%).
+    # Std of the vision tower's position embeddings at initialisation (0: transformers' default, 0.02). The
+    # questions are about the whole image, so nothing needs a patch's position.
     clip_position_std: float = 0.5
     clip_batch: int = 32
     clip_lr: float = 2e-3
@@ -168,8 +122,9 @@ def make_params(**overrides: Any) -> WorldParams:
         raise ValueError(
             f"image_size={params.image_size} must be a multiple of patch_size={params.patch_size}"
         )
-    if params.image_size < 3 * 8:
-        raise ValueError(f"image_size={params.image_size} is too small to draw a 3x3 grid (need >= 24)")
+    if params.image_size < GRID * 8:
+        raise ValueError(f"image_size={params.image_size} is too small to draw a {GRID}x{GRID} grid "
+                         f"(need >= {GRID * 8})")
     for name in ("n_pretrain", "n_sft", "n_eval"):
         if getattr(params, name) < len(CATEGORIES):
             raise ValueError(f"{name}={getattr(params, name)} must be at least {len(CATEGORIES)}")
@@ -177,127 +132,8 @@ def make_params(**overrides: Any) -> WorldParams:
 
 
 # ----------------------------------------------------------------------------------------------
-# Scenes: sampling, rendering, question answering
-# ----------------------------------------------------------------------------------------------
-
-Scene = list[dict[str, Any]]  # [{"shape": str, "color": str, "cell": int}], sorted by cell
-
-
-def sample_scene(rng: random.Random) -> Scene:
-    """1-4 shapes on distinct grid cells; every (color, shape) pair occurs at most once."""
-    n = rng.randint(1, MAX_SHAPES)
-    cells = sorted(rng.sample(range(len(POSITIONS)), n))
-    combos = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
-    return [{"shape": s, "color": c, "cell": cell} for cell, (c, s) in zip(cells, combos)]
-
-
-def cell_box(cell: int, size: int) -> tuple[float, float, float, float]:
-    """Pixel box (x0, y0, x1, y1) of the shape drawn in ``cell`` (a margin inside the grid cell)."""
-    step = size / 3
-    row, col = divmod(cell, 3)
-    margin = 0.15 * step
-    return (col * step + margin, row * step + margin, (col + 1) * step - margin, (row + 1) * step - margin)
-
-
-def cell_center(cell: int, size: int) -> tuple[int, int]:
-    """Integer pixel (x, y) at the middle of ``cell``; always covered by the shape drawn there."""
-    step = size / 3
-    row, col = divmod(cell, 3)
-    return int((col + 0.5) * step), int((row + 0.5) * step)
-
-
-def render_scene(scene: Scene, size: int):
-    """RGB PIL image of the scene (no anti-aliasing, so shape pixels have the exact colour)."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (size, size), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    for item in scene:
-        x0, y0, x1, y1 = cell_box(item["cell"], size)
-        fill = COLORS[item["color"]]
-        if item["shape"] == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif item["shape"] == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif item["shape"] == "triangle":
-            draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
-        else:
-            raise ValueError(f"unknown shape {item['shape']!r} in scene {scene}")
-    return image
-
-
-def position_phrase(cell: int) -> str:
-    """'at the top left' / 'in the center' — the preposition used in captions and answers."""
-    return "in the center" if POSITIONS[cell] == "center" else f"at the {POSITIONS[cell]}"
-
-
-def caption(scene: Scene) -> str:
-    """Caption naming every shape in reading order, e.g. 'a red circle at the top left and ...'."""
-    parts = [f"a {it['color']} {it['shape']} {position_phrase(it['cell'])}" for it in scene]
-    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return body + "."
-
-
-def ask(scene: Scene, category: str, rng: random.Random,
-        present: bool | None = None) -> tuple[str, str, str]:
-    """A question of ``category`` about ``scene``: (question, short answer, sentence answer).
-
-    The short answer is lower-case and is exactly what the eval key stores. ``present`` forces
-    the answer of a presence question (None: yes or no with equal probability).
-    """
-    template = rng.choice(QUESTION_TEMPLATES[category])
-    if category == "color":
-        item = rng.choice(scene)
-        pos = POSITIONS[item["cell"]]
-        return (template.format(pos=pos), item["color"],
-                f"The shape {position_phrase(item['cell'])} is {item['color']}.")
-    if category == "count":
-        n = len(scene)
-        long = "There is 1 shape." if n == 1 else f"There are {n} shapes."
-        return template, str(n), long
-    if category == "presence":
-        if present is None:
-            present = rng.random() < 0.5
-        if present:
-            item = rng.choice(scene)
-            color, shape = item["color"], item["shape"]
-            return (template.format(color=color, shape=shape), "yes",
-                    f"Yes, there is a {color} {shape} {position_phrase(item['cell'])}.")
-        color, shape = absent_combo(scene, rng)
-        return (template.format(color=color, shape=shape), "no",
-                f"No, there is no {color} {shape} in the image.")
-    if category == "position":
-        item = rng.choice(scene)
-        color, shape = item["color"], item["shape"]
-        return (template.format(color=color, shape=shape), POSITIONS[item["cell"]],
-                f"The {color} {shape} is {position_phrase(item['cell'])}.")
-    raise ValueError(f"unknown question category {category!r}; expected one of {CATEGORIES}")
-
-
-def absent_combo(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """A (color, shape) pair not in the scene, sharing a colour or shape with one that is
-    (a hard negative), so that 'no' cannot be answered from colour or shape alone."""
-    present = {(it["color"], it["shape"]) for it in scene}
-    absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
-    colors = {c for c, _ in present}
-    shapes = {s for _, s in present}
-    hard = [(c, s) for c, s in absent if c in colors or s in shapes]
-    return rng.choice(hard or absent)
-
-
-def short_form(answer: str) -> str:
-    """Short answer as written in SFT data: capitalised like VQAv2-style answers ('Red', 'Yes')."""
-    return answer[:1].upper() + answer[1:]
-
-
-# ----------------------------------------------------------------------------------------------
 # Data sets
 # ----------------------------------------------------------------------------------------------
-
-
-def with_image(question: str, image_first: bool) -> str:
-    """Put the image placeholder before ('<image>\\nQ') or after ('Q\\n<image>') the question."""
-    return f"{IMAGE_TOKEN}\n{question}" if image_first else f"{question}\n{IMAGE_TOKEN}"
 
 
 def pretrain_records(scenes: list[tuple[str, Scene]]) -> list[dict]:
@@ -311,19 +147,18 @@ def pretrain_records(scenes: list[tuple[str, Scene]]) -> list[dict]:
 
 
 def sft_visual_record(idx: int, image: str, scene: Scene, params: WorldParams, rng: random.Random) -> dict:
-    """mix665k-style record of 1-3 turns (distinct question types) about one image; the image
-    placeholder is in the first turn only, before or after the question."""
+    """mix665k-style record of 1-3 turns (distinct question types) about one image; the image placeholder
+    opens the first turn ('<image>\\nQ'), so the visual tokens sit at the same offset in every sample."""
     short = rng.random() < params.short_answer_ratio
-    image_first = rng.random() < 0.5
     turns = []
-    for t, category in enumerate(rng.sample(CATEGORIES, rng.randint(1, 3))):
+    for t, category in enumerate(rng.sample(CATEGORIES, rng.randint(1, len(CATEGORIES)))):
         question, answer, long = ask(scene, category, rng)
         if short:
             question, reply = f"{question}\n{SHORT_ANSWER_PROMPT}", short_form(answer)
         else:
             reply = long
         if t == 0:
-            question = with_image(question, image_first)
+            question = f"{IMAGE_TOKEN}\n{question}"
         turns += [{"from": "human", "value": question}, {"from": "gpt", "value": reply}]
     return {"id": f"sft-{idx:06d}", "image": image, "conversations": turns}
 
@@ -355,16 +190,15 @@ def sft_text_record(idx: int, params: WorldParams, rng: random.Random) -> dict:
 
 
 def eval_records(scenes: list[tuple[str, Scene]], rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """One question per held-out image, categories cycled so they are balanced, presence
-    answers alternating yes/no so that always answering 'yes' scores exactly chance.
+    """One question per held-out image, categories cycled so that they are balanced.
 
-    Returns (question-file rows, key rows); the key carries the answer choices (for chance level).
+    Returns (question-file rows, key rows); the key carries the answer choices (for chance level and for
+    scoring each choice's likelihood).
     """
     questions, key = [], []
     for qid, (image, scene) in enumerate(scenes):
-        rnd, slot = divmod(qid, len(CATEGORIES))
-        category = CATEGORIES[slot]
-        question, answer, _ = ask(scene, category, rng, present=rnd % 2 == 0)
+        category = CATEGORIES[qid % len(CATEGORIES)]
+        question, answer, _ = ask(scene, category, rng)
         questions.append({"question_id": qid, "image": image,
                           "text": f"{question}\n{SHORT_ANSWER_PROMPT}", "category": category})
         key.append({"question_id": qid, "answer": answer, "category": category,
@@ -427,53 +261,75 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     """One JSON object per line."""
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
-
 # ----------------------------------------------------------------------------------------------
-# Text corpus (tokenizer training and LM pretraining)
+# Language pretraining corpus: scene texts
 # ----------------------------------------------------------------------------------------------
 
 
-def strip_image(text: str) -> str:
-    """Drop the image placeholder (and its newline) from a turn, for text-only LM training."""
-    return text.replace(f"{IMAGE_TOKEN}\n", "").replace(f"\n{IMAGE_TOKEN}", "").replace(IMAGE_TOKEN, "")
-
-
-def chat_text(conversations: list[dict]) -> str:
-    """A conversation in the Vicuna v1 format, as LLaVA's 'v1' template renders it."""
-    out = SYSTEM_PROMPT + " "
-    for turn in conversations:
-        if turn["from"] == "human":
-            out += f"USER: {strip_image(turn['value'])} "
+def lm_chat(scene: Scene, params: WorldParams, rng: random.Random) -> list[dict]:
+    """A chat asking every question type once (random order) about ``scene``, image first."""
+    turns = []
+    for t, category in enumerate(rng.sample(CATEGORIES, len(CATEGORIES))):
+        question, answer, long = ask(scene, category, rng)
+        if rng.random() < params.short_answer_ratio:
+            question, reply = f"{question}\n{SHORT_ANSWER_PROMPT}", short_form(answer)
         else:
-            out += f"ASSISTANT: {turn['value']}</s>"
-    return out
+            reply = long
+        turns += [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}" if t == 0 else question},
+                  {"from": "gpt", "value": reply}]
+    return turns
 
 
-def lm_documents(pretrain: list[dict], sft: list[dict]) -> list[str]:
-    """Training documents for the base LM: captions (as sentences) and v1-format chats."""
-    docs = [short_form(r["conversations"][1]["value"]) for r in pretrain]
-    docs += [chat_text(r["conversations"]) for r in sft]
+def scene_documents(params: WorldParams, tokenizer) -> list[tuple[Any, Any]]:
+    """(input_ids, labels) of the LM corpus: for each of ``lm_scenes`` scenes of its own, a caption in the
+    'plain' template and a chat in the tiny-world template, tokenized exactly as LLaVA's training data is
+    (answers supervised), with the image placeholder replaced by the scene's words, one per visual token;
+    plus the text-only chats of the SFT mix."""
+    import torch
+
+    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from llava.train.data import preprocess
+
+    ids_of = {word: tokenizer.convert_tokens_to_ids(word) for word in scene_words()}
+    rng = random.Random(f"lm-{params.seed}")
+    docs = []
+    for i in range(params.lm_scenes):
+        scene = sample_scene(rng)
+        slots = torch.tensor([ids_of[w] for w in slot_words(scene, params.image_size, params.patch_size)])
+        plain = [{"from": "human", "value": IMAGE_TOKEN}, {"from": "gpt", "value": caption(scene)}]
+        for turns, template in ((plain, "plain"), (lm_chat(scene, params, rng), CONV_MODE)):
+            encoded = preprocess([turns], tokenizer, template, has_image=True)
+            ids, labels = encoded["input_ids"][0], encoded["labels"][0]
+            at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+            docs.append((torch.cat([ids[:at], slots, ids[at + 1:]]),
+                         torch.cat([labels[:at], torch.full_like(slots, IGNORE_INDEX), labels[at + 1:]])))
+    n_text = round(params.lm_scenes * params.text_only_ratio)
+    for i in range(n_text):
+        encoded = preprocess([sft_text_record(i, params, rng)["conversations"]], tokenizer, CONV_MODE)
+        docs.append((encoded["input_ids"][0], encoded["labels"][0]))
     return docs
 
 
 def tokenizer_sentences(seed: int) -> list[str]:
-    """Lines for SentencePiece training: every phrasing of the world, the chat scaffolding and
-    the answer vocabulary. Drawn from a fixed-size sample so that the tokenizer does not
-    depend on the data-set sizes of the build."""
+    """Lines for SentencePiece training: every phrasing of the world, the chat scaffolding of the templates
+    the tiny world is used with and the answer vocabulary. Drawn from a fixed-size sample so that the
+    tokenizer does not depend on the data-set sizes of the build."""
+    from llava.conversation import conv_templates
+
     rng = random.Random(f"tokenizer-corpus-{seed}")
     params = WorldParams()
-    pretrain = pretrain_records([("x.png", sample_scene(rng)) for _ in range(2000)])
-    sft = [sft_visual_record(i, "x.png", sample_scene(rng), params, rng) for i in range(2850)]
-    sft += [sft_text_record(i, params, rng) for i in range(150)]
-    lines = []
-    for doc in lm_documents(pretrain, sft):
-        for chunk in doc.split("</s>"):
-            lines += [ln for ln in chunk.split("\n") if ln]
-    lines += [SYSTEM_PROMPT, "USER:", "ASSISTANT:", SHORT_ANSWER_PROMPT]
+    lines = [caption(sample_scene(rng)) for _ in range(500)]
+    for i in range(2000):
+        record = sft_visual_record(i, "x.png", sample_scene(rng), params, rng) if i % 20 else \
+            sft_text_record(i, params, rng)
+        for turn in record["conversations"]:
+            lines += [ln for ln in turn["value"].split("\n") if ln and ln != IMAGE_TOKEN]
+    # The templates' scaffolding as often as a chat corpus would hold it, so that its words become single pieces.
+    scaffolding = [conv_templates[name].system for name in ("vicuna_v1", "llava_v1", CONV_MODE)]
+    lines += (scaffolding + ["USER:", "ASSISTANT:", SHORT_ANSWER_PROMPT]) * 300
     lines += [" ".join(NUMBER_WORDS), " ".join(str(i) for i in range(100))]
     for templates in QUESTION_TEMPLATES.values():
-        lines += [t.format(pos=pos, color=c, shape=s)
-                  for t in templates for pos in POSITIONS for c in COLORS for s in SHAPES][::7]
+        lines += list(templates)
     for choices in ANSWER_CHOICES.values():
         lines += [" ".join(choices), " ".join(short_form(c) for c in choices)]
     return lines
@@ -503,6 +359,7 @@ def train_llama_tokenizer(sentences: list[str], vocab_size: int, model_dir: Path
         model_type="bpe", vocab_size=vocab_size + len(DROPPED_PIECES), byte_fallback=True,
         character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True,
+        user_defined_symbols=scene_words(),
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
         max_sentence_length=8192, num_threads=1, minloglevel=2,
     )
@@ -690,18 +547,17 @@ def progress(iterable, desc: str):
     return tqdm(iterable, desc=desc, mininterval=1.0, leave=True, file=sys.stderr)
 
 
-def pack_tokens(docs: list[str], tokenizer, seq_len: int):
-    """Tokenize ``docs`` (BOS first, EOS appended unless already there), concatenate them and
-    cut the stream into ``[n_blocks, seq_len]`` training blocks."""
+def pad_batch(docs: list[tuple[Any, Any]], pad_id: int) -> dict:
+    """Right-padded input_ids / labels / attention_mask of (input_ids, labels) pairs."""
     import torch
 
-    ids = tokenizer(docs, add_special_tokens=True).input_ids
-    eos = tokenizer.eos_token_id
-    stream = [t for doc in ids for t in (doc if doc[-1] == eos else doc + [eos])]
-    n_blocks = len(stream) // seq_len
-    if n_blocks < 1:
-        raise ValueError(f"LM corpus has {len(stream)} tokens, fewer than lm_seq_len={seq_len}")
-    return torch.tensor(stream[: n_blocks * seq_len]).view(n_blocks, seq_len)
+    longest = max(len(ids) for ids, _ in docs)
+    input_ids = torch.full((len(docs), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(docs), longest), -100, dtype=torch.long)
+    mask = torch.zeros((len(docs), longest), dtype=torch.long)
+    for row, (ids, lab) in enumerate(docs):
+        input_ids[row, : len(ids)], labels[row, : len(ids)], mask[row, : len(ids)] = ids, lab, 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
@@ -753,20 +609,18 @@ def build_llama(out: Path, params: WorldParams) -> dict:
     )
     torch.manual_seed(params.seed)
     model = transformers.LlamaForCausalLM(config)
-    pretrain = json.loads((out / "pretrain.json").read_text())
-    sft = json.loads((out / "sft.json").read_text())
-    blocks = pack_tokens(lm_documents(pretrain, sft), tokenizer, params.lm_seq_len)
+    docs = scene_documents(params, transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=False))
     generator = torch.Generator().manual_seed(params.seed)
 
     def batches() -> Iterator[dict]:
         while True:
-            rows = blocks[torch.randint(len(blocks), (params.lm_batch,), generator=generator)]
-            yield {"input_ids": rows, "labels": rows}
+            picks = torch.randint(len(docs), (params.lm_batch,), generator=generator).tolist()
+            yield pad_batch([docs[i] for i in picks], pad_id=0)
 
     losses = train_loop(model, batches(), params.lm_steps, params.lm_lr, "tiny-llama LM pretraining")
     model.generation_config.pad_token_id = 0
     model.save_pretrained(str(model_dir))
-    return {"parameters": sum(p.numel() for p in model.parameters()), "lm_tokens": blocks.numel(),
+    return {"parameters": sum(p.numel() for p in model.parameters()), "lm_documents": len(docs),
             "loss_first": round(losses[0], 4) if losses else None,
             "loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 4) if losses else None}
 
@@ -783,8 +637,15 @@ def clip_image_processor(params: WorldParams):
     )
 
 
+def clip_text(scene: Scene) -> str:
+    """What the tiny CLIP is trained to match an image with: the objects' colour and shape, not their number.
+    Each patch feature then says what covers that patch, like a real CLIP's local features, and the number of
+    objects is only in how many patches say so (the LLM counts them; a pruned view cannot)."""
+    return f"a {scene[0]['color']} {scene[0]['shape']}"
+
+
 def build_clip(out: Path, params: WorldParams, text_info: dict) -> dict:
-    """Create the tiny CLIP, briefly train it contrastively on pretrain captions, save it."""
+    """Create the tiny CLIP, briefly train it contrastively on the pretraining images, save it."""
     import numpy as np
     import torch
     import transformers
@@ -816,7 +677,8 @@ def build_clip(out: Path, params: WorldParams, text_info: dict) -> dict:
         mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
         images = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        texts = tokenizer([r["conversations"][1]["value"] for r in records], padding=True,
+        scenes = json.loads((out / "scenes.json").read_text())
+        texts = tokenizer([clip_text(scenes[r["image"]]) for r in records], padding=True,
                           truncation=True, return_tensors="pt")
         generator = torch.Generator().manual_seed(params.seed + 1)
 
@@ -895,7 +757,9 @@ def build_world(out: Path, params: WorldParams) -> dict:
         "clip": clip,
         "colors": list(COLORS),
         "shapes": list(SHAPES),
-        "positions": list(POSITIONS),
+        "grid": GRID,
+        "max_objects": MAX_OBJECTS,
+        "conv_mode": CONV_MODE,
         "categories": list(CATEGORIES),
         "image_folder": "images",
         "build_seconds": round(time.perf_counter() - start, 2),

@@ -2,7 +2,8 @@
 
 A run trains one *variant* with the project's own launch scripts (`scripts/v1_5/*.sh`, 2 CPU processes, the same
 recipe and seed for every variant), then answers the world's evaluation questions in one or more *inference
-modes* with `llava.eval.model_vqa_loader` and scores them with `llava.eval.eval_tiny_world`:
+modes*: generated short answers (`llava.eval.model_vqa_loader`, scored by `llava.eval.eval_tiny_world`) and the
+likelihood of each answer choice with the true and with shuffled images (`llava.eval.model_vqa_choices`):
 
 - `normal`: plain LLaVA inference (full visual tokens, no isolator) — what the paper's headline numbers use;
 - `pruned`: each image's tokens pruned at the variant's ratio (DivPrune), no isolator;
@@ -26,7 +27,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("normal", "pruned", "pruned+isolator")
-EVAL_BATCH = 16
+EVAL_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,24 @@ DUALSPEED_FITPRUNE = Variant("DualSpeed+FitPrune", dualspeed=True, fitprune_budg
 
 @dataclass(frozen=True)
 class Recipe:
-    """Tiny-world sizes of the two stages (global batches, learning rates) and the shared seed."""
+    """Tiny-world schedule of the two stages (the quickstart's): global batches, epochs, learning rates, LoRA rank,
+    SFT conversation template and DeepSpeed config, and the shared seed."""
 
     seed: int = 42
     num_procs: int = 2
     pretrain_batch: int = 32
     pretrain_per_device: int = 16
+    pretrain_epochs: float = 3
+    pretrain_lr: float = 2e-3
     sft_batch: int = 16
     sft_per_device: int = 8
-    sft_lr: float = 1e-3
+    sft_epochs: float = 2
+    sft_lr: float = 2e-3
+    lora_r: int = 16
+    lora_alpha: int = 32
+    sft_version: str = "tiny_world"
+    # ZeRO-2: on two gloo processes ZeRO-3's gathers cost more than the tiny model's compute.
+    sft_zero_config: str = "./scripts/zero2.json"
     max_pretrain_samples: Optional[int] = None
     max_sft_samples: Optional[int] = None
 
@@ -131,11 +141,15 @@ def train(variant: Variant, world: Path, run: Path, recipe: Recipe) -> dict:
         ("pretrain", f"scripts/v1_5/pretrain{suffix}.sh", dict(
             DATA_PATH=str(pre_data), OUTPUT_DIR=str(run / "pretrain"),
             GLOBAL_BATCH=str(recipe.pretrain_batch), PER_DEVICE_BATCH=str(recipe.pretrain_per_device)),
-         list(variant.pretrain_args)),
+         ["--num_train_epochs", str(recipe.pretrain_epochs), "--learning_rate", str(recipe.pretrain_lr),
+          *variant.pretrain_args]),
         ("sft", f"scripts/v1_5/finetune_lora{suffix}.sh", dict(
             DATA_PATH=str(sft_data), PRETRAIN_DIR=str(run / "pretrain"), OUTPUT_DIR=str(run / "llava-lora"),
-            GLOBAL_BATCH=str(recipe.sft_batch), PER_DEVICE_BATCH=str(recipe.sft_per_device)),
-         ["--learning_rate", str(recipe.sft_lr), "--mm_projector_lr", str(recipe.sft_lr), *variant.sft_args]),
+            GLOBAL_BATCH=str(recipe.sft_batch), PER_DEVICE_BATCH=str(recipe.sft_per_device),
+            ZERO_CONFIG=recipe.sft_zero_config),
+         ["--num_train_epochs", str(recipe.sft_epochs), "--version", recipe.sft_version,
+          "--lora_r", str(recipe.lora_r), "--lora_alpha", str(recipe.lora_alpha),
+          "--learning_rate", str(recipe.sft_lr), "--mm_projector_lr", str(recipe.sft_lr), *variant.sft_args]),
     ]
     for stage, script, stage_env, extra in stages:
         if stage == "sft" and variant.fitprune_budget is not None:
@@ -161,25 +175,35 @@ def fit_fitprune_recipe(variant: Variant, world: Path, run: Path, data: Path, en
     return {"wall_s": round(wall, 1), "train_runtime_s": None}, recipe_file
 
 
-def evaluate(variant: Variant, world: Path, run: Path, mode: str, pruning_ratio: float = 0.9) -> dict:
-    """Answer the world's evaluation questions with the run's LoRA checkpoint in `mode`; returns the scores."""
+def evaluate(variant: Variant, world: Path, run: Path, mode: str, recipe: Recipe, pruning_ratio: float = 0.9) -> dict:
+    """Evaluate the run's LoRA checkpoint in `mode` on the world's questions: generated short answers (scored by
+    `llava.eval.eval_tiny_world`; normal inference only) and each choice's likelihood with true and shuffled images
+    (`model_vqa_choices`: accuracy, answer NLL, visual information gain, 95% intervals). Returns the generation
+    scores (if any) with the choice summary under "choices"."""
     from llava.eval.eval_tiny_world import read_jsonl, score
 
     if mode not in MODES:
         raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
     answers = run / "eval" / f"answers-{mode}.jsonl"
     answers.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(run / "llava-lora"),
-           "--model-base", str(world / "models" / "tiny-llama"), "--image-folder", str(world / "images"),
-           "--question-file", str(world / "eval" / "questions.jsonl"), "--answers-file", str(answers),
-           "--conv-mode", "vicuna_v1", "--temperature", "0", "--max_new_tokens", "16", "--device", "cpu",
-           "--batch-size", str(EVAL_BATCH)]
+    model = ["--model-path", str(run / "llava-lora"), "--model-base", str(world / "models" / "tiny-llama"),
+             "--image-folder", str(world / "images"), "--question-file", str(world / "eval" / "questions.jsonl"),
+             "--conv-mode", recipe.sft_version, "--device", "cpu"]
     if mode != "normal":
-        cmd += ["--pruning-ratio", str(pruning_ratio), "--vtp-method", variant.vtp_method]
+        model += ["--pruning-ratio", str(pruning_ratio), "--vtp-method", variant.vtp_method]
     if mode == "pruned+isolator":
-        cmd += ["--use-mode-isolator"]
-    wall = run_logged(cmd, {}, run / "eval" / f"{mode}.log")
-    result = score(read_jsonl(answers), read_jsonl(world / "eval" / "answers_key.jsonl"))
+        model += ["--use-mode-isolator"]
+    choices_dir = run / "eval" / f"choices-{mode}"
+    wall = run_logged([sys.executable, "-m", "llava.eval.model_vqa_choices", *model, "--shuffled-images",
+                       "--key-file", str(world / "eval" / "answers_key.jsonl"), "--out-dir", str(choices_dir)],
+                      {}, run / "eval" / f"choices-{mode}.log")
+    result = {}
+    if mode == "normal":  # generated answers too, as a user's evaluation would produce them
+        wall += run_logged([sys.executable, "-m", "llava.eval.model_vqa_loader", *model, "--answers-file",
+                            str(answers), "--temperature", "0", "--max_new_tokens", "8", "--batch-size",
+                            str(EVAL_BATCH)], {}, run / "eval" / f"{mode}.log")
+        result = score(read_jsonl(answers), read_jsonl(world / "eval" / "answers_key.jsonl"))
+    result["choices"] = json.loads((choices_dir / "summary.json").read_text())["per_category"]
     result["eval_wall_s"] = round(wall, 1)
     return result
 
@@ -210,10 +234,12 @@ def run_variant(variant: Variant, world: Path, out: Path, recipe: Recipe,
     scores = {}
     for mode in settings["modes"]:
         log(f"{variant.name}: evaluating ({mode})")
-        scores[mode] = evaluate(variant, world, run, mode, variant.pruning_ratio)
-        log(f"{variant.name}: {mode} accuracy {100 * scores[mode]['overall']['accuracy']:.1f}%")
+        scores[mode] = evaluate(variant, world, run, mode, recipe, variant.pruning_ratio)
+        log(f"{variant.name}: {mode} accuracy {100 * scores[mode]['choices']['overall']['accuracy_true']['mean']:.1f}%"
+            " (most likely choice)")
     result = {"settings": settings, "timings": timings, "scores": scores,
-              "train_s": round(sum(t["wall_s"] for t in timings.values()), 1)}
+              "train_s": round(sum(t["wall_s"] for t in timings.values()), 1),
+              "train_loop_s": round(sum(t["train_runtime_s"] or 0.0 for t in timings.values()), 1)}
     result_file.write_text(json.dumps(result, indent=1) + "\n")
     return result
 

@@ -110,3 +110,11 @@ def test_prompt_parts_tag_answers_with_their_closing_separator(key, answers):
     parts = conv.get_prompt_parts()
     assert "".join(text for text, _ in parts) == conv.get_prompt()
     assert [text for text, is_answer in parts if is_answer] == answers
+
+
+def test_tiny_world_template_is_vicuna_v1_with_a_short_system_prompt():
+    conv = chat("tiny_world", ("<image>\nWhat color are the shapes?", "Red"), ("How many?", "3"))
+    assert conv.get_prompt() == ("Answer questions about the picture. USER: <image>\nWhat color are the shapes? "
+                                 "ASSISTANT: Red</s>USER: How many? ASSISTANT: 3</s>")
+    assert conv.version == "v1"  # masked by the same routine as Vicuna v1
+    assert [text for text, is_answer in conv.get_prompt_parts() if is_answer] == [" Red</s>", " 3</s>"]

@@ -71,7 +71,7 @@ def test_dualspeed_zero2_pretraining_writes_projector_and_isolator(dualspeed_pre
         assert set(torch.load(d / "mm_projector.bin", weights_only=True)) == {
             "model.mm_projector.0.weight", "model.mm_projector.0.bias", "model.mm_projector.2.weight", "model.mm_projector.2.bias"}
         iso = torch.load(d / "mode_isolator.bin", weights_only=True)
-        assert list(iso) == ["model.mode_isolator.weight"] and iso["model.mode_isolator.weight"].shape == (4, 256)
+        assert list(iso) == ["model.mode_isolator.weight"] and iso["model.mode_isolator.weight"].shape == (4, 128)
     config = json.loads((dualspeed_pretrain / "config.json").read_text())
     assert config["dualspeed"] is True and config["dualspeed_pruning_ratio"] == 0.9
 
@@ -87,7 +87,7 @@ def test_dualspeed_zero3_lora_with_slow_steps(tiny_world, dualspeed_pretrain, tm
     for d in (out, out / "checkpoint-2"):
         assert (d / "mode_isolator.bin").is_file() and (d / "non_lora_trainables.bin").is_file(), d
     weights = torch.load(out / "non_lora_trainables.bin", weights_only=True)
-    assert weights["base_model.model.model.mode_isolator.weight"].shape == (4, 256)
+    assert weights["base_model.model.model.mode_isolator.weight"].shape == (4, 128)
 
 
 def test_shutdown_process_group_leaves_no_group_on_either_rank(tmp_path):

@@ -5,28 +5,51 @@ import pytest
 
 from playground.experiments import BASELINE, DUALSPEED, NAIVE_PRUNE, modes_for, subset, train_runtime
 from playground.sweep import summarise, sweep_variants
-from playground.table2 import markdown
+from playground.table2 import markdown, summarize
 
 
-def fake_result(acc_by_mode: dict, train_s: float) -> dict:
-    scores = {m: {"overall": {"accuracy": a, "chance": 0.257, "total": 300}} for m, a in acc_by_mode.items()}
-    return {"scores": scores, "train_s": train_s}
+def fake_result(acc_by_mode: dict, train_s: float, loop_s: float | None = None) -> dict:
+    scores = {m: {"overall": {"accuracy": a, "chance": 0.25, "total": 4},
+                  "choices": {"color": {}, "overall": {"chance": 0.25, "questions": 4,
+                                                       "accuracy_true": {"mean": a}}}}
+              for m, a in acc_by_mode.items()}
+    return {"scores": scores, "train_s": train_s, "train_loop_s": loop_s or train_s / 2}
 
 
-def test_table2_markdown_relative_numbers():
-    results = {
-        "Baseline": fake_result({"normal": 0.80, "pruned": 0.60}, 400.0),
-        "NaivePrune": fake_result({"normal": 0.72, "pruned": 0.76}, 160.0),
-        "DualSpeed": fake_result({"normal": 0.79, "pruned": 0.70, "pruned+isolator": 0.75}, 200.0),
-    }
-    lines = markdown(results).splitlines()
-    naive = next(l for l in lines if l.startswith("| NaivePrune"))
-    cells = [c.strip() for c in naive.strip("|").split("|")]
-    # 0.72 / 0.80 = 90.0 %, 0.76 / 0.80 = 95.0 %, no isolator mode, 400 / 160 = 2.50x
-    assert cells == ["NaivePrune", "72.0", "90.0", "76.0", "95.0", "–", "–", "160", "2.50×"]
-    dual = [c.strip() for c in next(l for l in lines if l.startswith("| DualSpeed")).strip("|").split("|")]
-    assert dual[1:3] == ["79.0", "98.8"] and dual[5:7] == ["75.0", "93.8"] and dual[-1] == "2.00×"
-    assert "chance level 25.7%" in lines[-1]
+def write_choices(run, mode: str, correct: list, nll: list, shuffled_nll: list) -> None:
+    folder = run / "eval" / f"choices-{mode}"
+    folder.mkdir(parents=True)
+    rows = [{"question_id": i, "category": "color", "true": {"correct": c, "nll": n}, "shuffled": {"nll": s}}
+            for i, (c, n, s) in enumerate(zip(correct, nll, shuffled_nll))]
+    (folder / "choices.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_table2_numbers_from_per_question_files(tmp_path):
+    runs, results = {}, {}
+    specs = {"Baseline": ({"normal": [1, 1, 1, 0], "pruned": [1, 0, 0, 0]}, 400.0, 200.0),
+             "NaivePrune": ({"normal": [1, 0, 0, 0], "pruned": [1, 1, 0, 0]}, 160.0, 50.0),
+             "DualSpeed": ({"normal": [1, 1, 1, 0], "pruned": [1, 1, 0, 0], "pruned+isolator": [1, 1, 1, 0]},
+                           200.0, 80.0)}
+    for name, (by_mode, wall, loop) in specs.items():
+        run = tmp_path / "seed-1" / name
+        for mode, correct in by_mode.items():
+            write_choices(run, mode, correct, [0.5, 1.0, 1.5, 3.0], [2.0, 2.0, 2.0, 2.0])
+        runs[name] = [run]
+        results[name] = [fake_result({m: sum(c) / 4 for m, c in by_mode.items()}, wall, loop)]
+    table = summarize(runs, results)
+    assert table["NaivePrune"]["normal"]["accuracy"]["mean"] == 0.25
+    assert table["NaivePrune"]["pruned"]["accuracy"]["mean"] == 0.5
+    assert table["DualSpeed"]["normal"]["nll"]["mean"] == 1.5
+    assert table["DualSpeed"]["normal"]["info_gain"]["mean"] == 0.5  # 2.0 - 1.5
+    assert (table["NaivePrune"]["speedup_loop"], table["NaivePrune"]["speedup_wall"]) == (4.0, 2.5)
+    assert "pruned+isolator" not in table["NaivePrune"]
+    lines = markdown(table, 0.25, 4).splitlines()
+    naive = [c.strip() for c in next(l for l in lines if l.startswith("| NaivePrune")).strip("|").split("|")]
+    # 25 % normal = 33.3 % of Baseline's 75 %; pruned 50 %; no isolator mode; 200 / 50 loop, 400 / 160 wall
+    assert naive[:3] == ["NaivePrune", "1", "25.0 [0.0, 75.0]"] and naive[3] == "33.3"
+    assert naive[4].startswith("50.0 [") and naive[5] == "–" and naive[-3:] == ["50", "4.00×", "2.50×"]
+    assert any(l.startswith("| DualSpeed | pruned+isolator | 75.0 [") for l in lines)
+    assert "chance 25.0%" in "\n".join(lines)
 
 
 def test_isolator_mode_only_for_runs_trained_with_one():
@@ -46,7 +69,8 @@ def test_sweep_series_share_the_common_point():
     names = {v.name for v in by_p} | {v.name for v in by_r}
     assert len(names) == 8  # p=0.9, r=0.1 is in both series and trained once
     point = summarise(fake_result({"normal": 0.6}, 100.0), fake_result({"normal": 0.8}, 250.0))
-    assert point == {"accuracy": 0.6, "pct_of_baseline": pytest.approx(0.75), "speedup": 2.5, "train_s": 100.0}
+    assert point == {"accuracy": 0.6, "pct_of_baseline": pytest.approx(0.75), "speedup": 2.5, "train_s": 100.0,
+                     "train_loop_s": 50.0}
 
 
 def test_subset_and_runtime_parsing(tmp_path):

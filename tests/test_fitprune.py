@@ -207,7 +207,7 @@ def test_fit_cli_writes_recipe_json(tiny_llava, tiny_tokenizer, tiny_world, tmp_
     saved = json.loads(output.read_text())
     assert saved["visual_tokens"] == 64 and saved["num_layers"] == 4 and saved["num_samples"] == 2
     assert saved["flops_ratio"] <= saved["flops_budget"] == 0.8
-    assert saved["llm"]["hidden_size"] == 256 and saved["model_path"] == str(checkpoint)
+    assert saved["llm"]["hidden_size"] == 128 and saved["model_path"] == str(checkpoint)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("FitPrune recipe: budget 0.800 -> estimated LLM FLOPs ratio") and str(output) in line
 

@@ -324,12 +324,12 @@ def write_pretrain_dir(path: Path) -> None:
     """A stage-1 output as pretrain_dualspeed.sh writes it: mm_projector.bin + mode_isolator.bin (random values)."""
     path.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
-    projector = {"model.mm_projector.0.weight": torch.randn(256, 128, generator=g) * 0.02,
-                 "model.mm_projector.0.bias": torch.zeros(256),
-                 "model.mm_projector.2.weight": torch.randn(256, 256, generator=g) * 0.02,
-                 "model.mm_projector.2.bias": torch.zeros(256)}
+    projector = {"model.mm_projector.0.weight": torch.randn(128, 128, generator=g) * 0.02,
+                 "model.mm_projector.0.bias": torch.zeros(128),
+                 "model.mm_projector.2.weight": torch.randn(128, 128, generator=g) * 0.02,
+                 "model.mm_projector.2.bias": torch.zeros(128)}
     torch.save(projector, path / "mm_projector.bin")
-    torch.save({"model.mode_isolator.weight": torch.randn(4, 256, generator=g) * 0.02}, path / "mode_isolator.bin")
+    torch.save({"model.mode_isolator.weight": torch.randn(4, 128, generator=g) * 0.02}, path / "mode_isolator.bin")
 
 
 def test_next_dualspeed_script_zero3_lora_two_processes(tiny_world, tmp_path):
@@ -355,7 +355,7 @@ def test_next_dualspeed_script_zero3_lora_two_processes(tiny_world, tmp_path):
     assert f"mode isolator loaded from {tmp_path / 'pretrain' / 'mode_isolator.bin'}" in log
     assert "dualspeed/slow_ce" in log and "dualspeed/fast_ce" in log  # both modes ran
     weights = torch.load(out / "non_lora_trainables.bin", weights_only=True)
-    assert weights["base_model.model.model.image_newline"].shape == (256,)  # trained and gathered whole
+    assert weights["base_model.model.model.image_newline"].shape == (128,)  # trained and gathered whole
     config = json.loads((out / "config.json").read_text())
     assert (config["image_aspect_ratio"], config["mm_patch_merge_type"], config["image_grid_pinpoints"]) == (
         "anyres", "spatial_unpad", PINPOINTS)

@@ -6,7 +6,7 @@ Answers are LLaVA's answer JSONL (``{"question_id", "prompt", "text", "answer_id
 the key is ``eval/answers_key.jsonl`` (``{"question_id", "answer", "category", "choices"}``).
 Matching is exact after normalisation (lower case, punctuation, articles and extra spaces
 removed, number words mapped to digits). Questions without an answer count as wrong and are
-listed. Chance level = mean of 1/len(choices) (color 1/6, count 1/4, presence 1/2, position 1/9).
+listed. Chance level = mean of 1/len(choices) (color 1/6, count 1/4, shape 1/3).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
 # Used only when a key row carries no "choices" list.
-DEFAULT_CHANCE = {"color": 1 / 6, "count": 1 / 4, "presence": 1 / 2, "position": 1 / 9}
+DEFAULT_CHANCE = {"color": 1 / 6, "count": 1 / 4, "shape": 1 / 3, "presence": 1 / 2, "position": 1 / 9}
 _PUNCT = re.compile(r"[^\w\s]")
 
 
