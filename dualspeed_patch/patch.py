@@ -243,6 +243,20 @@ def slow_step(model, input_ids, attention_mask, labels, images, num_items_in_bat
     return loss.to(s_hidden.dtype), metrics
 
 
+def per_token_ce(loss: torch.Tensor, labels, num_items_in_batch) -> torch.Tensor:
+    """The micro-batch's mean cross-entropy per answer token, for logging beside the slow step's per-token means.
+
+    With ``num_items_in_batch`` the model's loss is the micro-batch's sum divided by the Trainer's token count over
+    every accumulated micro-batch and every process; scale it back by this micro-batch's own count (a tensor op,
+    no host synchronisation).
+    """
+    loss = loss.detach()
+    if num_items_in_batch is None or labels is None:
+        return loss
+    local = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+    return loss * num_items_in_batch / local
+
+
 def wrap_forward(original):
     """The fast/slow switch around a LLaVA causal LM's `forward` (signature kept for Trainer's inspection)."""
     signature = inspect.signature(original)
@@ -274,7 +288,7 @@ def wrap_forward(original):
             loss = fitprune.fast_step(self, call["input_ids"], call.get("attention_mask"), call.get("labels"), images,
                                       extra.get("num_items_in_batch"), call.get("image_sizes"))
             if recorder is not None:
-                recorder.record_fast(loss.detach())
+                recorder.record_fast(per_token_ce(loss, call.get("labels"), extra.get("num_items_in_batch")))
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
             return CausalLMOutputWithPast(loss=loss, logits=None)
@@ -282,7 +296,7 @@ def wrap_forward(original):
         with visual_mode(self, FAST), skip_layers(self.get_model(), skipped):
             out = original(self, *args, **kwargs)
         if recorder is not None and getattr(out, "loss", None) is not None:
-            recorder.record_fast(out.loss.detach())
+            recorder.record_fast(per_token_ce(out.loss, call.get("labels"), extra.get("num_items_in_batch")))
             if settings(self).layer_skip_ratio > 0:
                 recorder.record_layer_skip(len(skipped))
         return out

@@ -213,6 +213,14 @@ def modes_for(variant: Variant, wanted: tuple[str, ...]) -> list[str]:
     return [m for m in wanted if m != "pruned+isolator" or variant.has_isolator]
 
 
+def same_run(cached: dict, wanted: dict) -> bool:
+    """Whether a finished run serves: same variant, recipe and world, evaluated in at least the wanted modes."""
+    def rest(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if k != "modes"}
+
+    return rest(cached) == rest(wanted) and set(wanted["modes"]) <= set(cached.get("modes", []))
+
+
 def run_variant(variant: Variant, world: Path, out: Path, recipe: Recipe,
                 modes: tuple[str, ...] = MODES, force: bool = False) -> dict:
     """Train and evaluate `variant` under `out/<name>/`, or reuse a finished result with the same settings."""
@@ -222,7 +230,7 @@ def run_variant(variant: Variant, world: Path, out: Path, recipe: Recipe,
                                       "modes": modes_for(variant, modes)}))  # as stored (tuples become lists)
     if result_file.exists() and not force:
         cached = json.loads(result_file.read_text())
-        if cached.get("settings") == settings:
+        if same_run(cached.get("settings", {}), settings):
             log(f"{variant.name}: reusing {result_file}")
             return cached
     if run.exists():

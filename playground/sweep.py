@@ -14,7 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from playground.experiments import BASELINE, Recipe, Variant, add_run_arguments, log, run_variant, world_and_out
+from playground.experiments import (BASELINE, DUALSPEED, Recipe, Variant, add_run_arguments, log, run_variant,
+                                   world_and_out)
 
 PRUNING_RATIOS = (0.5, 0.7, 0.9, 0.95)
 SLOW_RATIOS = (0.0, 0.05, 0.1, 0.2, 0.5)
@@ -23,6 +24,8 @@ SLOW_RATIOS = (0.0, 0.05, 0.1, 0.2, 0.5)
 def sweep_variants(pruning_ratios=PRUNING_RATIOS, slow_ratios=SLOW_RATIOS) -> dict[str, list[Variant]]:
     """The two series; a (p, r) point that appears in both is the same Variant (trained once)."""
     def point(p: float, r: float) -> Variant:
+        if (p, r) == (DUALSPEED.pruning_ratio, DUALSPEED.slow_ratio):
+            return DUALSPEED  # the paper's point: Table 2's run serves when the sweep shares its output folder
         return Variant(f"DualSpeed-p{p:g}-r{r:g}", dualspeed=True, pruning_ratio=p, slow_ratio=r)
 
     return {"pruning ratio (r = 0.1)": [point(p, 0.1) for p in pruning_ratios],

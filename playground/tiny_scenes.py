@@ -80,13 +80,6 @@ def cell_box(cell: int, size: int) -> tuple[float, float, float, float]:
     return (col * step + margin, row * step + margin, (col + 1) * step - margin, (row + 1) * step - margin)
 
 
-def cell_center(cell: int, size: int) -> tuple[int, int]:
-    """Integer pixel (x, y) at the middle of ``cell``; always covered by the object drawn there."""
-    step = size / GRID
-    row, col = divmod(cell, GRID)
-    return int((col + 0.5) * step), int((row + 0.5) * step)
-
-
 def render_scene(scene: Scene, size: int):
     """RGB PIL image of the scene (no anti-aliasing, so object pixels have the exact colour)."""
     from PIL import Image, ImageDraw

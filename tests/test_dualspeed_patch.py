@@ -191,3 +191,22 @@ def test_isolator_file_round_trip_and_fresh_init_warning(tiny_llava, tmp_path):
     with pytest.raises(ValueError, match="expected \\(5, "):
         attach_isolator(tiny_llava, 5, str(path))
     assert attach_isolator(tiny_llava, 0) is None
+
+
+def test_fast_ce_is_logged_per_token_whatever_the_trainer_divides_by(ds_model):
+    """Under gradient accumulation / several processes the Trainer passes num_items_in_batch (tokens over all
+    micro-batches and ranks) and the loss is divided by it; the logged fast_ce stays the micro-batch's per-token
+    mean, on the slow step's scale."""
+    from dualspeed_patch.callback import DualSpeedMetrics
+
+    model = ds_model
+    model._dualspeed_schedule.at(slow_and_fast_steps(model._dualspeed_schedule)[1])  # a fast step
+    model._dualspeed_metrics = recorder = DualSpeedMetrics()
+    b = batch(model)
+    local = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())  # 6 answer tokens
+    with torch.no_grad():
+        mean_loss = model(**b).loss
+        scaled_loss = model(**b, num_items_in_batch=torch.tensor(4 * local)).loss  # e.g. 2 ranks x 2 micro-batches
+    assert scaled_loss.item() == pytest.approx(mean_loss.item() / 4, rel=1e-5)
+    logged = recorder.pop()["dualspeed/fast_ce"]
+    assert logged == pytest.approx(mean_loss.item(), rel=1e-5)  # both calls recorded the per-token mean

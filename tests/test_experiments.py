@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from playground.experiments import BASELINE, DUALSPEED, NAIVE_PRUNE, modes_for, subset, train_runtime
+from playground.experiments import BASELINE, DUALSPEED, NAIVE_PRUNE, modes_for, same_run, subset, train_runtime
 from playground.sweep import summarise, sweep_variants
 from playground.table2 import markdown, summarize
 
@@ -67,7 +67,12 @@ def test_sweep_series_share_the_common_point():
     assert [v.pruning_ratio for v in by_p] == [0.5, 0.7, 0.9, 0.95]
     assert [v.slow_ratio for v in by_r] == [0.0, 0.05, 0.1, 0.2, 0.5]
     names = {v.name for v in by_p} | {v.name for v in by_r}
-    assert len(names) == 8  # p=0.9, r=0.1 is in both series and trained once
+    assert len(names) == 8  # p=0.9, r=0.1 is in both series and trained once: Table 2's DualSpeed run
+    assert by_p[2] is by_r[2] is DUALSPEED
+    settings = {"variant": {"name": "DualSpeed"}, "recipe": {"seed": 42}, "world": "w", "modes": ["normal", "pruned"]}
+    assert same_run(settings, {**settings, "modes": ["normal"]})
+    assert not same_run({**settings, "modes": ["normal"]}, settings)
+    assert not same_run(settings, {**settings, "recipe": {"seed": 43}, "modes": ["normal"]})
     point = summarise(fake_result({"normal": 0.6}, 100.0), fake_result({"normal": 0.8}, 250.0))
     assert point == {"accuracy": 0.6, "pct_of_baseline": pytest.approx(0.75), "speedup": 2.5, "train_s": 100.0,
                      "train_loop_s": 50.0}

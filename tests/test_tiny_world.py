@@ -1,8 +1,7 @@
 """The embedded tiny world: tokenizer, models, data files, eval key and the scorer."""
 
 import json
-import math
-import re
+import random
 import threading
 import time
 from pathlib import Path
@@ -161,7 +160,7 @@ def _scene_answer_accuracy(model, tok, n: int = 60) -> dict:
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.train.data import preprocess
 
-    rng = __import__("random").Random(12345)
+    rng = random.Random(12345)
     ids_of = {w: tok.convert_tokens_to_ids(w) for w in ts.scene_words()}
     hits = {c: 0 for c in ts.CATEGORIES}
     for i in range(n):
