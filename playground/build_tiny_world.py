@@ -284,6 +284,21 @@ def lm_chat(scene: Scene, params: WorldParams, rng: random.Random) -> list[dict]
     return turns
 
 
+def scene_text(turns: list[dict], template: str, slots, tokenizer) -> tuple[Any, Any]:
+    """(input_ids, labels) of a conversation tokenized exactly as LLaVA's training data is (answers supervised),
+    with its image placeholder replaced by ``slots``, the scene's word ids (one per visual token, unsupervised)."""
+    import torch
+
+    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from llava.train.data import preprocess
+
+    encoded = preprocess([turns], tokenizer, template, has_image=True)
+    ids, labels = encoded["input_ids"][0], encoded["labels"][0]
+    at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+    return (torch.cat([ids[:at], slots, ids[at + 1:]]),
+            torch.cat([labels[:at], torch.full_like(slots, IGNORE_INDEX), labels[at + 1:]]))
+
+
 def scene_documents(params: WorldParams, tokenizer) -> list[tuple[Any, Any]]:
     """(input_ids, labels) of the LM corpus: for each of ``lm_scenes`` scenes of its own, a caption in the
     'plain' template and a chat in the tiny-world template, tokenized exactly as LLaVA's training data is
@@ -291,7 +306,6 @@ def scene_documents(params: WorldParams, tokenizer) -> list[tuple[Any, Any]]:
     plus the text-only chats of the SFT mix."""
     import torch
 
-    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
     from llava.train.data import preprocess
 
     ids_of = {word: tokenizer.convert_tokens_to_ids(word) for word in scene_words()}
@@ -301,12 +315,8 @@ def scene_documents(params: WorldParams, tokenizer) -> list[tuple[Any, Any]]:
         scene = sample_scene(rng)
         slots = torch.tensor([ids_of[w] for w in slot_words(scene, params.image_size, params.patch_size)])
         plain = [{"from": "human", "value": IMAGE_TOKEN}, {"from": "gpt", "value": caption(scene)}]
-        for turns, template in ((plain, "plain"), (lm_chat(scene, params, rng), CONV_MODE)):
-            encoded = preprocess([turns], tokenizer, template, has_image=True)
-            ids, labels = encoded["input_ids"][0], encoded["labels"][0]
-            at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-            docs.append((torch.cat([ids[:at], slots, ids[at + 1:]]),
-                         torch.cat([labels[:at], torch.full_like(slots, IGNORE_INDEX), labels[at + 1:]])))
+        docs.append(scene_text(plain, "plain", slots, tokenizer))
+        docs.append(scene_text(lm_chat(scene, params, rng), CONV_MODE, slots, tokenizer))
     n_text = round(params.lm_scenes * params.text_only_ratio)
     for i in range(n_text):
         encoded = preprocess([sft_text_record(i, params, rng)["conversations"]], tokenizer, CONV_MODE)

@@ -208,6 +208,11 @@ def evaluate(variant: Variant, world: Path, run: Path, mode: str, recipe: Recipe
     return result
 
 
+def choice_accuracy(scores: dict, mode: str = "normal") -> float:
+    """Accuracy in `mode` of a run's `scores`: the share of questions whose most likely answer choice is right."""
+    return scores[mode]["choices"]["overall"]["accuracy_true"]["mean"]
+
+
 def modes_for(variant: Variant, wanted: tuple[str, ...]) -> list[str]:
     """The wanted inference modes that apply to `variant` (no isolator mode for a run trained without one)."""
     return [m for m in wanted if m != "pruned+isolator" or variant.has_isolator]
@@ -243,8 +248,7 @@ def run_variant(variant: Variant, world: Path, out: Path, recipe: Recipe,
     for mode in settings["modes"]:
         log(f"{variant.name}: evaluating ({mode})")
         scores[mode] = evaluate(variant, world, run, mode, recipe, variant.pruning_ratio)
-        log(f"{variant.name}: {mode} accuracy {100 * scores[mode]['choices']['overall']['accuracy_true']['mean']:.1f}%"
-            " (most likely choice)")
+        log(f"{variant.name}: {mode} accuracy {100 * choice_accuracy(scores, mode):.1f}% (most likely choice)")
     result = {"settings": settings, "timings": timings, "scores": scores,
               "train_s": round(sum(t["wall_s"] for t in timings.values()), 1),
               "train_loop_s": round(sum(t["train_runtime_s"] or 0.0 for t in timings.values()), 1)}

@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from playground.experiments import (BASELINE, DUALSPEED, Recipe, Variant, add_run_arguments, log, run_variant,
-                                   world_and_out)
+from playground.experiments import (BASELINE, DUALSPEED, Recipe, Variant, add_run_arguments, choice_accuracy, log,
+                                   run_variant, world_and_out)
 
 PRUNING_RATIOS = (0.5, 0.7, 0.9, 0.95)
 SLOW_RATIOS = (0.0, 0.05, 0.1, 0.2, 0.5)
@@ -35,10 +35,7 @@ def sweep_variants(pruning_ratios=PRUNING_RATIOS, slow_ratios=SLOW_RATIOS) -> di
 def summarise(result: dict, baseline: dict) -> dict:
     """One plotted point: accuracy (most likely answer choice, normal inference), % of Baseline and the speed-up
     of the training loops over the Baseline's."""
-    def accuracy(r: dict) -> float:
-        return r["scores"]["normal"]["choices"]["overall"]["accuracy_true"]["mean"]
-
-    acc, base = accuracy(result), accuracy(baseline)
+    acc, base = choice_accuracy(result["scores"]), choice_accuracy(baseline["scores"])
     return {"accuracy": acc, "pct_of_baseline": acc / base if base else None,
             "speedup": baseline["train_loop_s"] / result["train_loop_s"], "train_s": result["train_s"],
             "train_loop_s": result["train_loop_s"]}
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
             row.update(label=f"p={variant.pruning_ratio:g} r={variant.slow_ratio:g}",
                        pruning_ratio=variant.pruning_ratio, slow_ratio=variant.slow_ratio)
             points[name].append(row)
-    base_acc = baseline["scores"]["normal"]["choices"]["overall"]["accuracy_true"]["mean"]
+    base_acc = choice_accuracy(baseline["scores"])
     summary = {"baseline": {"accuracy": base_acc, "train_s": baseline["train_s"],
                             "train_loop_s": baseline["train_loop_s"]}, "series": points,
                "recipe": vars(args) | {"world": str(world), "out": str(out)},

@@ -12,6 +12,7 @@ all raw numbers as JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -25,12 +26,18 @@ VARIANTS = (BASELINE, NAIVE_PRUNE, DUALSPEED)
 EXTRA_VARIANTS = {"layer-skip": DUALSPEED_LAYER_SKIP, "avgpool": DUALSPEED_AVGPOOL, "fitprune": DUALSPEED_FITPRUNE}
 
 
+@functools.lru_cache(maxsize=None)
+def choice_rows(run: Path, mode: str) -> tuple[dict, ...]:
+    """The per-question rows `model_vqa_choices` wrote for a run in one inference mode (read once)."""
+    with (run / "eval" / f"choices-{mode}" / "choices.jsonl").open() as f:
+        return tuple(json.loads(line) for line in f)
+
+
 def question_values(runs: list[Path], mode: str, field: str, category: str | None = None) -> list[list[float]]:
     """Per-question values of one measure for each run (seed): "correct", "nll" or "gain" (shuffled - true NLL)."""
     values = []
     for run in runs:
-        rows = [json.loads(line) for line in (run / "eval" / f"choices-{mode}" / "choices.jsonl").open()]
-        rows = [r for r in rows if category is None or r["category"] == category]
+        rows = [r for r in choice_rows(run, mode) if category is None or r["category"] == category]
         if field == "gain":
             values.append([r["shuffled"]["nll"] - r["true"]["nll"] for r in rows])
         else:

@@ -157,9 +157,6 @@ def test_clip_text_tokenizer_matches_text_config(tiny_clip_path):
 
 def _scene_answer_accuracy(model, tok, n: int = 60) -> dict:
     """Teacher-forced choice accuracy of the bare LM on scene texts (scene words where the image goes)."""
-    from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.train.data import preprocess
-
     rng = random.Random(12345)
     ids_of = {w: tok.convert_tokens_to_ids(w) for w in ts.scene_words()}
     hits = {c: 0 for c in ts.CATEGORIES}
@@ -171,11 +168,7 @@ def _scene_answer_accuracy(model, tok, n: int = 60) -> dict:
         for choice in ts.ANSWER_CHOICES[category]:
             turns = [{"from": "human", "value": f"<image>\n{question}{SHORT}"},
                      {"from": "gpt", "value": ts.short_form(choice)}]
-            enc = preprocess([turns], tok, tw.CONV_MODE, has_image=True)
-            ids, labels = enc["input_ids"][0], enc["labels"][0]
-            at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-            ids = torch.cat([ids[:at], slots, ids[at + 1:]])
-            labels = torch.cat([labels[:at], torch.full_like(slots, -100), labels[at + 1:]])
+            ids, labels = tw.scene_text(turns, tw.CONV_MODE, slots, tok)
             with torch.no_grad():
                 logp = model(ids[None]).logits[0, :-1].log_softmax(-1)
             target = labels[1:]

@@ -66,15 +66,29 @@ def padding_side(model, side: str) -> Iterator[None]:
             model.config.tokenizer_padding_side = previous
 
 
-def left_pad(sequences: List[torch.Tensor], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D token id tensors left-padded: ([B, L] ids, [B, L] attention mask)."""
+def pad_sequences(sequences: List[torch.Tensor], pad_id: int, side: str = "left") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D token id tensors padded on `side` (left by default): ([B, L] ids, [B, L] attention mask)."""
     longest = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        ids[row, longest - len(seq):] = seq
-        mask[row, longest - len(seq):] = 1
+        span = slice(longest - len(seq), longest) if side == "left" else slice(0, len(seq))
+        ids[row, span] = seq
+        mask[row, span] = 1
     return ids, mask
+
+
+def vision_inputs(session: EvalSession, images: List[Image.Image], instructions: Optional[List[str]] = None
+                  ) -> Tuple[Any, List[Tuple[int, int]]]:
+    """(pixel values on the model's device and dtype, image sizes) of a batch of images; with pruned inference on,
+    also hands the bare questions to instruction-aware pruners."""
+    model = session.model
+    pixel_values = process_images(images, session.image_processor, model.config)
+    pixel_values = [v.to(device=model.device, dtype=model.dtype) for v in pixel_values] \
+        if isinstance(pixel_values, list) else pixel_values.to(device=model.device, dtype=model.dtype)
+    if getattr(session.args, "pruning_ratio", None) is not None:
+        model._dualspeed_instructions = instructions
+    return pixel_values, [image.size for image in images]
 
 
 def answer_batch(session: EvalSession, prompts: List[str], images: Optional[List[Image.Image]],
@@ -89,16 +103,9 @@ def answer_batch(session: EvalSession, prompts: List[str], images: Optional[List
     if images is not None and len(images) != len(prompts):
         raise ValueError(f"answer_batch: {len(prompts)} prompts but {len(images)} images")
     ids = [tokenizer_image_token(p, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for p in prompts]
-    input_ids, mask = left_pad(ids, tokenizer.pad_token_id)
+    input_ids, mask = pad_sequences(ids, tokenizer.pad_token_id)
     device = model.device
-    pixel_values, image_sizes = None, None
-    if images is not None:
-        pixel_values = process_images(images, session.image_processor, model.config)
-        pixel_values = [v.to(device=device, dtype=model.dtype) for v in pixel_values] if isinstance(pixel_values, list) \
-            else pixel_values.to(device=device, dtype=model.dtype)
-        image_sizes = [image.size for image in images]
-    if getattr(args, "pruning_ratio", None) is not None:
-        model._dualspeed_instructions = instructions
+    pixel_values, image_sizes = vision_inputs(session, images, instructions) if images is not None else (None, None)
     temperature = getattr(args, "temperature", 0.0)
     with torch.inference_mode(), padding_side(model, "left"), setup_pruned_inference(model, args):
         output_ids = model.generate(

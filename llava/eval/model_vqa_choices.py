@@ -26,10 +26,10 @@ import torch
 from tqdm import tqdm
 
 from llava.eval.eval_io import read_jsonl
-from llava.eval.generation import EvalSession, left_pad, load_for_eval, load_image, padding_side
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.eval.generation import EvalSession, load_for_eval, load_image, pad_sequences, padding_side, vision_inputs
 from llava.eval.intervals import bootstrap_ci
 from llava.eval.pruned_inference import add_pruning_arguments, setup_pruned_inference
-from llava.mm_utils import process_images
 
 STYLES = {"capitalized": lambda c: c[:1].upper() + c[1:], "as-is": lambda c: c}
 
@@ -44,10 +44,10 @@ def encode_choices(session: EvalSession, question: str, choices: Sequence[str], 
 
     prompt, answers = None, []
     for choice in choices:
-        turns = [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": choice}]
+        turns = [{"from": "human", "value": f"{DEFAULT_IMAGE_TOKEN}\n{question}"}, {"from": "gpt", "value": choice}]
         encoded = preprocess([turns], session.tokenizer, conv_mode, has_image=True)
         ids, labels = encoded["input_ids"][0], encoded["labels"][0]
-        supervised = torch.nonzero(labels != -100).flatten()
+        supervised = torch.nonzero(labels != IGNORE_INDEX).flatten()
         if len(supervised) == 0:
             raise ValueError(f"choice {choice!r} of question {question!r} has no supervised tokens under "
                              f"--conv-mode {conv_mode}")
@@ -71,7 +71,7 @@ def choice_logliks(session: EvalSession, prompts: List[torch.Tensor], answers: L
     n_choices = len(answers[0])
     if any(len(a) != n_choices for a in answers):
         raise ValueError("choice_logliks: every question of a batch needs the same number of choices")
-    ids, mask = left_pad(prompts, pad)
+    ids, mask = pad_sequences(prompts, pad)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     with padding_side(model, "left"):
         _, positions, mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(
@@ -80,13 +80,8 @@ def choice_logliks(session: EvalSession, prompts: List[torch.Tensor], answers: L
     first = out.logits[:, -1].float().log_softmax(-1).repeat_interleave(n_choices, dim=0)
     cache = out.past_key_values
     cache.batch_repeat_interleave(n_choices)
-    flat = [a for per_question in answers for a in per_question]
-    longest = max(len(a) for a in flat)
-    tokens = torch.full((len(flat), longest), pad, dtype=torch.long)
-    valid = torch.zeros((len(flat), longest), dtype=torch.long)
-    for row, a in enumerate(flat):
-        tokens[row, : len(a)], valid[row, : len(a)] = a, 1
-    tokens, valid = tokens.to(device), valid.to(device)
+    tokens, valid = pad_sequences([a for per_question in answers for a in per_question], pad, side="right")
+    tokens, valid, longest = tokens.to(device), valid.to(device), tokens.shape[1]
     full_mask = torch.cat([mask.repeat_interleave(n_choices, dim=0).to(valid.dtype), valid], dim=1)
     next_positions = positions[:, -1:].repeat_interleave(n_choices, dim=0) + 1 + torch.arange(longest, device=device)
     logits = model(input_ids=tokens, attention_mask=full_mask, position_ids=next_positions,
@@ -129,11 +124,17 @@ def score_file(args: argparse.Namespace) -> Dict:
     sources = {"true": list(range(len(questions)))}
     if args.shuffled_images:
         sources["shuffled"] = derangement(len(questions), args.seed)
-    rows = [{"question_id": q["question_id"], "category": key[str(q["question_id"])].get("category", "all"),
-             "answer": key[str(q["question_id"])]["answer"], "choices": key[str(q["question_id"])]["choices"]}
-            for q in questions]
-    encoded = [encode_choices(session, q["text"], [style(c) for c in r["choices"]], args.conv_mode)
-               for q, r in zip(questions, rows)]
+    rows = []
+    for q in questions:
+        k = key[str(q["question_id"])]
+        rows.append({"question_id": q["question_id"], "category": k.get("category", "all"), "answer": k["answer"],
+                     "choices": k["choices"]})
+    encodings: Dict[tuple, tuple] = {}  # questions repeat their wording: tokenize each (text, choices) once
+    for q, r in zip(questions, rows):
+        wording = (q["text"], tuple(r["choices"]))
+        if wording not in encodings:
+            encodings[wording] = encode_choices(session, q["text"], [style(c) for c in r["choices"]], args.conv_mode)
+    encoded = [encodings[(q["text"], tuple(r["choices"]))] for q, r in zip(questions, rows)]
     start = time.time()
     groups = batches_by_choice_count(rows, args.batch_size)
     model = session.model
@@ -143,13 +144,9 @@ def score_file(args: argparse.Namespace) -> Dict:
             for group in groups:
                 pil = [load_image(args.image_folder, questions[source[i]]["image"], questions[i]["question_id"])
                        for i in group]
-                pixels = process_images(pil, session.image_processor, model.config)
-                pixels = [p.to(model.device, model.dtype) for p in pixels] if isinstance(pixels, list) \
-                    else pixels.to(model.device, model.dtype)
-                if args.pruning_ratio is not None:
-                    model._dualspeed_instructions = [questions[i]["text"] for i in group]
+                pixels, sizes = vision_inputs(session, pil, [questions[i]["text"] for i in group])
                 scores = choice_logliks(session, [encoded[i][0] for i in group], [encoded[i][1] for i in group],
-                                        pixels, [im.size for im in pil])
+                                        pixels, sizes)
                 for i, s in zip(group, scores):
                     target = rows[i]["choices"].index(rows[i]["answer"])
                     best = max(range(len(s)), key=s.__getitem__)
