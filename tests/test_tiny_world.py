@@ -15,6 +15,8 @@ from llava.conversation import conv_templates
 from llava.eval import eval_tiny_world as scorer
 from playground import build_tiny_world as tw
 from playground import tiny_scenes as ts
+from playground.world_data import CONV_MODE
+from playground.world_llama import scene_text
 
 SYSTEM = conv_templates["vicuna_v1"].system
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -168,7 +170,7 @@ def _scene_answer_accuracy(model, tok, n: int = 60) -> dict:
         for choice in ts.ANSWER_CHOICES[category]:
             turns = [{"from": "human", "value": f"<image>\n{question}{SHORT}"},
                      {"from": "gpt", "value": ts.short_form(choice)}]
-            ids, labels = tw.scene_text(turns, tw.CONV_MODE, slots, tok)
+            ids, labels = scene_text(turns, CONV_MODE, slots, tok)
             with torch.no_grad():
                 logp = model(ids[None]).logits[0, :-1].log_softmax(-1)
             target = labels[1:]
@@ -202,7 +204,7 @@ def test_pretrain_records_are_llava_pretrain_format(tiny_world, manifest, scenes
         assert set(r) == {"id", "image", "conversations"}
         human, gpt = r["conversations"]
         assert human == {"from": "human", "value": "<image>\n"}
-        assert gpt["from"] == "gpt" and gpt["value"] == tw.caption(scenes[r["image"]])
+        assert gpt["from"] == "gpt" and gpt["value"] == ts.caption(scenes[r["image"]])
         assert (tiny_world / "images" / r["image"]).is_file()
     assert records[0]["conversations"][1]["value"].endswith(".")
 
