@@ -23,6 +23,8 @@ setup(
         "numpy",
         "tqdm",
     ],
+    # Pruned inference: DualSpeed's evaluation flags, found by llava.eval through its extension entry points.
+    entry_points={"llava.eval_extensions": ["dualspeed = dualspeed_patch.pruned_inference"]},
     extras_require={
         "train": ["deepspeed>=0.15"],
         "flash": ["flash-attn>=2.5"],

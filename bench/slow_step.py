@@ -21,6 +21,8 @@ import dualspeed_patch.patch as patch  # noqa: E402
 from dualspeed_patch import DualSpeedArguments  # noqa: E402
 from dualspeed_patch.isolator import attach_isolator  # noqa: E402
 from dualspeed_patch.modes import ModeSchedule  # noqa: E402
+from dualspeed_patch.state import state_of  # noqa: E402
+from dualspeed_patch import step as ds_step  # noqa: E402
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 
 
@@ -36,9 +38,9 @@ def main() -> None:
     a = p.parse_args()
     model, image = build_model(int(a.visual ** 0.5), a.hidden, a.layers, seed=0)
     patch.apply()
-    model._dualspeed_args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=1.0)
+    state_of(model).args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=1.0)
     attach_isolator(model, 4, announce=False)
-    model._dualspeed_schedule = ModeSchedule(0, 1.0)
+    state_of(model).schedule = ModeSchedule(0, 1.0)
     model.train()
 
     ids = torch.randint(3, 4000, (a.batch, a.text))
@@ -60,7 +62,7 @@ def main() -> None:
 
     def slow():
         model.zero_grad(set_to_none=True)
-        loss, _ = patch.slow_step(model, ids, mask, labels, images)
+        loss, _ = ds_step.slow_step(model, state_of(model), ids, mask, labels, images)
         loss.backward()
 
     times = {"baseline": [], "pruned_forward": [], "slow": []}

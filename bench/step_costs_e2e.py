@@ -23,6 +23,7 @@ from common import CLOCKS, SyntheticDataset, collate, prepare_stage, summarise
 
 import dualspeed_patch.patch as patch  # noqa: E402
 from dualspeed_patch.modes import is_slow_step  # noqa: E402
+from dualspeed_patch.state import state_of  # noqa: E402
 from step_costs_rows import dualspeed_args  # noqa: E402
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ def measure_e2e(a: argparse.Namespace, pristine: torch.nn.Module, stage: str, co
         steps = lock.steps[name]
         if len(steps["wall"]) != a.e2e_steps:
             raise RuntimeError(f"{stage} {name} run: expected {a.e2e_steps} optimizer steps, got {len(steps['wall'])}")
-        metrics = getattr(model, "_dualspeed_metrics", None)
+        metrics = state_of(model).metrics
         result[name] = {c: {"seconds": sum(t[a.e2e_warmup:]), "per_step": summarise(t[a.e2e_warmup:])}
                         for c, t in steps.items()}
         result[name]["slow_steps_run_total"] = None if metrics is None else metrics.slow_steps

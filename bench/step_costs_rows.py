@@ -22,6 +22,8 @@ from dualspeed_patch.fitprune_recipe import fit_recipe, prepare_batch  # noqa: E
 from dualspeed_patch.llm_flops import LlmShape, flops_ratio  # noqa: E402
 from dualspeed_patch.modes import ModeSchedule  # noqa: E402
 from dualspeed_patch.pruners import available_pruners, check_inputs, effective_keep, prune_indices, register_pruner  # noqa: E402
+from dualspeed_patch.state import state_of  # noqa: E402
+from dualspeed_patch import inputs as ds_inputs  # noqa: E402
 
 ORACLE_PRUNER = "bench_first_k"
 # Built-in pruners whose context is cheap to supply here (FasterVLM gets a random CLS attention, CDPruner q = 1).
@@ -91,15 +93,15 @@ def step_rows(a: argparse.Namespace, llava: torch.nn.Module, step_model: torch.n
 
     def dualspeed_step(args: DualSpeedArguments):
         def run():
-            llava._dualspeed_args = args
-            llava._dualspeed_schedule = ModeSchedule(a.seed, args.slow_mode_ratio)  # ratio 0: fast, 1: slow
+            state_of(llava).args = args
+            state_of(llava).schedule = ModeSchedule(a.seed, args.slow_mode_ratio)  # ratio 0: fast, 1: slow
             train_step()
         return run
 
     # Each image's final visual sequence (packed on NeXT), as every pruner sees it.
-    llava._dualspeed_args = fast_args
+    state_of(llava).args = fast_args
     with torch.no_grad():
-        features, lengths, _ = patch.visual_sequences(llava, batch["images"], image_sizes=batch.get("image_sizes"))
+        features, lengths, _ = ds_inputs.visual_sequences(llava, state_of(llava), batch["images"], image_sizes=batch.get("image_sizes"))
     b, n = features.shape[:2]
     keep = kept_tokens_tensor(lengths, a.pruning_ratio)
     valid = torch.arange(n).unsqueeze(0) < lengths.unsqueeze(1)
@@ -127,7 +129,7 @@ def step_rows(a: argparse.Namespace, llava: torch.nn.Module, step_model: torch.n
             patch.apply()
 
     def pruned_forward():
-        llava._dualspeed_args, llava._dualspeed_schedule = fast_args, None
+        state_of(llava).args, state_of(llava).schedule = fast_args, None
         with torch.no_grad(), patch.visual_mode(llava, patch.FAST):
             step_model(**batch)
 

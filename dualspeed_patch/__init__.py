@@ -1,9 +1,15 @@
-"""DualSpeed: fast/slow visual-token-pruned training for LLaVA. Importing this package does not import llava."""
-from .config import DualSpeedArguments, kept_tokens, kept_tokens_tensor
+"""DualSpeed: fast/slow visual-token-pruned training for LLaVA. Importing this package does not import llava.
+
+One public setup call attaches the method to a model: `attach(model, DualSpeedArguments(...)) -> DualSpeed` (its
+state); `apply()` patches LLaVA's classes so that their training forward runs DualSpeed's fast and slow steps.
+"""
+from .config import DualSpeedArguments
 from .distill import IGNORE_INDEX, answer_positions, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
+from .k_rule import kept_tokens, kept_tokens_tensor
 from .layer_skip import skipped_layers
 from .modes import is_slow_step, step_seed, step_uniform
 from .pruners import available_pruners, gather_kept, get_pruner, prune_indices, register_compressor, register_pruner
+from .state import DualSpeed, attach, state_of, visual_mode
 
 
 def apply(arch_module=None) -> None:
@@ -12,8 +18,11 @@ def apply(arch_module=None) -> None:
 
     _apply(arch_module)
 
+
 __all__ = [
     "apply",
+    "attach",
+    "DualSpeed",
     "DualSpeedArguments",
     "IGNORE_INDEX",
     "answer_positions",
@@ -31,6 +40,8 @@ __all__ = [
     "register_pruner",
     "shifted_ce",
     "skipped_layers",
+    "state_of",
     "step_seed",
     "step_uniform",
+    "visual_mode",
 ]

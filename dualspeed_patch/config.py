@@ -1,20 +1,18 @@
-"""DualSpeed hyper-parameters: the command-line dataclass, its round trip through a model config,
-and the rule that turns a pruning ratio into a number of kept visual tokens."""
+"""DualSpeed hyper-parameters: the command-line dataclass and its round trip through a model config.
+
+(The rule that turns a pruning ratio into a number of kept visual tokens is `dualspeed_patch.k_rule`.)"""
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Optional
 
-import torch
+from .k_rule import kept_tokens, kept_tokens_tensor  # noqa: F401  (the public home of the K rule's users)
+from .layer_skip import check_ratio, check_schedule
+from .methods import check_method
 
 CONFIG_PREFIX = "dualspeed_"
-
-# Ratios are read as the decimal they print as (0.9 -> 9/10); the denominator cap keeps the integer
-# arithmetic of `kept_tokens_tensor` far from int64 overflow.
-_MAX_RATIO_DENOMINATOR = 1_000_000
 
 
 @dataclass
@@ -79,21 +77,7 @@ class DualSpeedArguments:
             raise ValueError(f"DualSpeedArguments.distill_temperature must be > 0, got {self.distill_temperature!r}")
         if not float(self.distill_alpha) >= 0.0:
             raise ValueError(f"DualSpeedArguments.distill_alpha must be >= 0, got {self.distill_alpha!r}")
-        from .fitprune import is_fitprune
-        from .layer_skip import check_ratio, check_schedule
-        from .pruners.compressors import available_compressors, has_vtp_method
-        from .pruners.registry import available_pruners
-
-        if is_fitprune(self.vtp_method):  # prunes inside the LLM: not a registered pre-LLM method
-            if not self.fitprune_recipe:
-                raise ValueError("DualSpeedArguments.vtp_method='fitprune' needs fitprune_recipe=<recipe.json>")
-            if float(self.layer_skip_ratio) > 0.0:
-                raise ValueError("DualSpeedArguments.vtp_method='fitprune' cannot be combined with layer_skip_ratio > 0")
-        elif not isinstance(self.vtp_method, str) or not has_vtp_method(self.vtp_method):
-            raise ValueError(
-                f"DualSpeedArguments.vtp_method={self.vtp_method!r} is not a registered pruner or compressor; "
-                f"known: {', '.join(available_pruners())}, fitprune; compressors: {', '.join(available_compressors())}"
-            )
+        check_method(self)
         try:
             check_ratio(self.layer_skip_ratio)
             check_schedule(self.layer_skip_schedule)
@@ -121,40 +105,3 @@ class DualSpeedArguments:
 def config_key(name: str) -> str:
     """Config key under which DualSpeed field `name` is stored (prefixed unless already prefixed)."""
     return name if name.startswith("dualspeed") else CONFIG_PREFIX + name
-
-
-def _kept_fraction(pruning_ratio: float) -> tuple[int, int]:
-    """(numerator, denominator) of 1 - pruning_ratio, exact for ratios written as short decimals."""
-    p = float(pruning_ratio)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio!r}")
-    keep = 1 - Fraction(repr(p)).limit_denominator(_MAX_RATIO_DENOMINATOR)
-    return keep.numerator, keep.denominator
-
-
-def kept_tokens(n: int, pruning_ratio: float) -> int:
-    """Number of visual tokens kept out of `n` at `pruning_ratio`: K = max(1, floor((1 - p) * n + 1/2)),
-    i.e. (1 - p) * n rounded half up, never below one token (nor above `n`; 0 when n == 0).
-
-    The product is evaluated exactly on the decimal value of p (0.9 is 9/10), so float error cannot move
-    a result across a rounding boundary: (1 - 0.9) * 576 = 57.6 -> 58 and (1 - 0.9) * 15 = 1.5 -> 2.
-    Note the paper's code truncates instead (int(57.6) = 57); this project rounds.
-    """
-    if int(n) != n or n < 0:
-        raise ValueError(f"n (number of visual tokens) must be an integer >= 0, got {n!r}")
-    num, den = _kept_fraction(pruning_ratio)
-    k = (2 * num * int(n) + den) // (2 * den)
-    return min(int(n), max(1, k))
-
-
-def kept_tokens_tensor(n: torch.Tensor, pruning_ratio: float) -> torch.Tensor:
-    """`kept_tokens` applied elementwise to a LongTensor of per-image token counts (same rule, exact
-    integer arithmetic, same device), for batches of images with different numbers of visual tokens."""
-    if n.dtype.is_floating_point or n.dtype == torch.bool:
-        raise TypeError(f"n must be an integer tensor of token counts, got dtype {n.dtype}")
-    n = n.long()
-    if bool((n < 0).any()):
-        raise ValueError("n (numbers of visual tokens) must be >= 0")
-    num, den = _kept_fraction(pruning_ratio)
-    k = torch.div(2 * num * n + den, 2 * den, rounding_mode="floor")
-    return torch.minimum(k.clamp(min=1), n)

@@ -91,3 +91,15 @@ def shifted_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.shape[0] == 0:
         return _zero_loss(logits)
     return F.cross_entropy(logits.float(), targets.long())
+
+
+def slow_mode_loss(ce: torch.Tensor, kl: torch.Tensor, alpha: float, n_ce: int, n_kl: int,
+                   num_items_in_batch=None) -> torch.Tensor:
+    """The slow-mode objective L = CE(student) + alpha * KL(teacher || student), from their per-token means.
+
+    With `num_items_in_batch` (the Trainer's token count over accumulated micro-batches and processes) both terms
+    are summed over this micro-batch's `n_ce` / `n_kl` answer tokens and divided by it, as the model's own loss is.
+    """
+    if num_items_in_batch is None:
+        return ce + alpha * kl
+    return (ce * n_ce + alpha * kl * n_kl) / num_items_in_batch

@@ -19,21 +19,20 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from fractions import Fraction
+from typing import Any, Optional
 
 import torch
 
-from .distill import gather_answer_hidden, gather_answer_targets, shifted_ce
+from .inputs import build_llm_inputs
+from .isolator import prefix_isolator
+from .k_rule import scale_half_up
 from .layer_pruning import LayerPruning, TokenMap, map_tokens, rank_in_group
+from .pruners.registry import IN_LLM, register_method
 from .visual_attention import VisualScores
 
 METHOD = "fitprune"
 RECIPE_FORMAT = "dualspeed-fitprune-recipe/1"
-
-
-def is_fitprune(vtp_method: Any) -> bool:
-    """Whether a `--vtp_method` value selects FitPrune (case-insensitive)."""
-    return isinstance(vtp_method, str) and vtp_method.strip().lower() == METHOD
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class FitPruneRecipe:
         count = self.remaining[layer]
         if n == self.visual_tokens:
             return count
-        return min(int(n), (2 * int(n) * count + self.visual_tokens) // (2 * self.visual_tokens))
+        return min(int(n), scale_half_up(int(n), Fraction(count, self.visual_tokens)))
 
     def check_model(self, config: Any) -> None:
         """Fail clearly when the recipe was fitted for a stack of another depth."""
@@ -187,79 +186,32 @@ class RecipePolicy:
         return tokens.visual & (rank < keep_per_token), self._widths[slot]
 
 
-def recipe_for(model) -> FitPruneRecipe:
-    """The recipe named by the model's `--fitprune_recipe`, loaded once and checked against the model's depth."""
-    from .patch import settings
-
-    path = getattr(settings(model), "fitprune_recipe", None)
-    if not path:
-        raise ValueError("--vtp_method fitprune needs --fitprune_recipe <recipe.json> "
-                         "(fit one with python -m dualspeed_patch.fitprune_recipe)")
-    cached = model.__dict__.get("_fitprune_recipe")
-    if cached is None or cached[0] != path:
-        recipe = FitPruneRecipe.load(path)
-        recipe.check_model(model.config)
-        cached = (path, recipe)
-        model.__dict__["_fitprune_recipe"] = cached  # a plain attribute: outside the state dict and ZeRO
-    return cached[1]
-
-
-def pruned_llm_forward(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+def pruned_llm_forward(model, state: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                        labels: Optional[torch.Tensor], visual: torch.Tensor, lengths: torch.Tensor,
-                       recipe: Optional[FitPruneRecipe] = None, with_isolator: bool = True):
-    """The LLM on `[isolator; all visual tokens]` + text, pruned layer by layer as the recipe says.
+                       with_isolator: bool = True):
+    """The LLM on `[isolator; all visual tokens]` + text, pruned layer by layer as `state.recipe` says.
 
-    `visual` [I, S, H] / `lengths` [I] are the images' full visual sequences (`patch.visual_sequences`). Returns
+    `visual` [I, S, H] / `lengths` [I] are the images' full visual sequences (`inputs.visual_sequences`). Returns
     (final hidden states [B, T', H], labels at the kept positions [B, T'] or None, the `LayerPruning` run).
     Gradients flow to everything kept (visual features, isolator, LoRA); selection itself has none.
     """
-    from .isolator import get_isolator
-    from .patch import build_llm_inputs
-
-    recipe = recipe if recipe is not None else recipe_for(model)
-    isolator = get_isolator(model) if with_isolator else None
-    prefix = 0
-    if isolator is not None:
-        vectors = isolator().to(visual.dtype)
-        prefix = vectors.shape[0]
-        visual = torch.cat([vectors.unsqueeze(0).expand(visual.shape[0], -1, -1), visual], dim=1)
-        lengths = lengths + prefix
+    if state.recipe is None:
+        raise ValueError("--vtp_method fitprune needs --fitprune_recipe <recipe.json> "
+                         "(fit one with python -m dualspeed_patch.fitprune_recipe)")
+    isolator = state.isolator if with_isolator else None
+    width = visual.shape[1]
+    visual, lengths = prefix_isolator(isolator, visual, lengths)
+    prefix = visual.shape[1] - width  # l isolator vectors (read from the gathered tensor: ZeRO-3 safe)
     _, _, mask, embeds, spliced_labels = build_llm_inputs(model, input_ids, None, attention_mask, labels, visual,
                                                           lengths)
     tokens = map_tokens(input_ids, attention_mask, spliced_labels, lengths, visual.shape[1], prefix,
                         max_length=getattr(model.config, "tokenizer_model_max_length", None),
                         padding_side=getattr(model.config, "tokenizer_padding_side", "right"))
     llm = model.get_model()
-    with LayerPruning(llm, tokens, RecipePolicy(recipe, tokens, visual.shape[0])) as run:
+    with LayerPruning(llm, tokens, RecipePolicy(state.recipe, tokens, visual.shape[0])) as run:
         hidden = llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
     kept_labels = None if spliced_labels is None else run.gather_labels(spliced_labels)
     return hidden, kept_labels, run
 
 
-def fast_step(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], labels: Optional[torch.Tensor],
-              images, num_items_in_batch=None, image_sizes: Optional[Sequence] = None) -> torch.Tensor:
-    """DualSpeed fast mode with FitPrune: the loss (fp32) of one micro-step.
-
-    Cross-entropy over the answer tokens at the kept positions; with `num_items_in_batch` (gradient accumulation)
-    it is the sum over this micro-batch divided by that count, as the model's own loss does.
-    """
-    from .patch import visual_sequences
-
-    if labels is None:
-        raise ValueError("FitPrune fast mode trains on labels; the batch has labels=None")
-    visual, lengths, _ = visual_sequences(model, images, pruning=False, image_sizes=image_sizes)
-    hidden, kept_labels, _ = pruned_llm_forward(model, input_ids, attention_mask, labels, visual, lengths)
-    logits = model.get_output_embeddings()(gather_answer_hidden(hidden, kept_labels))
-    ce = shifted_ce(logits, gather_answer_targets(kept_labels))
-    if num_items_in_batch is None:
-        return ce
-    return ce * logits.shape[0] / num_items_in_batch
-
-
-@torch.no_grad()
-def teacher_hidden(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], labels: torch.Tensor,
-                   visual: torch.Tensor, lengths: torch.Tensor):
-    """Slow mode's teacher with FitPrune: (hidden states [B, T', H], labels [B, T']) of the fast-mode forward, no
-    gradient; its answer positions pair with the student's one-to-one (text is never pruned)."""
-    hidden, kept_labels, _ = pruned_llm_forward(model, input_ids, attention_mask, labels, visual, lengths)
-    return hidden, kept_labels
+register_method(METHOD, pruned_llm_forward, kind=IN_LLM, required_flags=("fitprune_recipe",))

@@ -31,8 +31,11 @@ from typing import Callable, Optional
 import torch
 
 from .fitprune import FitPruneRecipe
+from .inputs import build_llm_inputs, visual_sequences
+from .k_rule import round_half_up
 from .layer_pruning import LayerPruning, TokenMap, cumsum_in_group, map_tokens
 from .llm_flops import LlmShape, flops_ratio
+from .state import state_of
 from .visual_attention import VisualScores
 
 FLOPS_MODEL = ("per decoder layer on n tokens: 2n(d·qw + 2d·kvw + qw·d + 3d·f) linear + 4n²·qw attention "
@@ -60,9 +63,8 @@ def per_image_sum(values: torch.Tensor, image: torch.Tensor, num_images: int) ->
 @torch.no_grad()
 def prepare_batch(model, batch: dict) -> FitBatch:
     """Encode the images once and build the full-token LLM input of a collated LLaVA batch."""
-    from .patch import build_llm_inputs, visual_sequences
-
-    visual, lengths, _ = visual_sequences(model, batch["images"], pruning=False, image_sizes=batch.get("image_sizes"))
+    visual, lengths, _ = visual_sequences(model, state_of(model), batch["images"], pruning=False,
+                                          image_sizes=batch.get("image_sizes"))
     input_ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
     _, _, mask, embeds, labels = build_llm_inputs(model, input_ids, None, attention_mask, batch.get("labels"),
                                                   visual, lengths)
@@ -137,10 +139,6 @@ class ThresholdPolicy:
         return tokens.visual & ~drop
 
 
-def _half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
 def fit_recipe(model, batch: dict, flops_budget: float, alpha_tolerance: float = 0.01, progress: bool = True,
                info: Optional[dict] = None) -> FitPruneRecipe:
     """Fit a recipe on a collated LLaVA batch (input_ids, attention_mask, labels, images[, image_sizes]) so that the
@@ -153,11 +151,11 @@ def fit_recipe(model, batch: dict, flops_budget: float, alpha_tolerance: float =
     shape = LlmShape.from_config(model.config)
     fit = prepare_batch(model, batch)
     present = fit.image_tokens > 0
-    n_ref = _half_up(fit.image_tokens[present].float().mean().item())
+    n_ref = round_half_up(fit.image_tokens[present].float().mean().item())
     fractions_of = fit.image_tokens.clamp(min=1).float()
 
     def to_count(per_image: torch.Tensor) -> int:
-        return min(n_ref, _half_up(n_ref * (per_image.float() / fractions_of)[present].mean().item()))
+        return min(n_ref, round_half_up(n_ref * (per_image.float() / fractions_of)[present].mean().item()))
 
     def ratio_of(remaining: list) -> float:
         return flops_ratio(shape, fit.fixed_tokens, n_ref, remaining)

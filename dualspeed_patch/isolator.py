@@ -27,6 +27,17 @@ class ModeIsolator(nn.Module):
         return self.weight
 
 
+def prefix_isolator(isolator: Optional[ModeIsolator], visual: torch.Tensor, lengths: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast mode's visual input: [isolator; tokens] for every image ([I, l + K, H], lengths + l); unchanged without
+    an isolator. The vectors are cast to the tokens' dtype (the module call lets ZeRO-3 gather them)."""
+    if isolator is None:
+        return visual, lengths
+    vectors = isolator().to(visual.dtype)
+    prefix = vectors.unsqueeze(0).expand(visual.shape[0], -1, -1)
+    return torch.cat([prefix, visual], dim=1), lengths + vectors.shape[0]
+
+
 def get_isolator(model) -> Optional[ModeIsolator]:
     """The isolator module of a LLaVA causal LM (or its base model), if attached."""
     base = model.get_model() if hasattr(model, "get_model") else model

@@ -48,18 +48,17 @@ Optimiser state of skipped parameters (docs/plugins.md, "Layer skipping", has th
 from __future__ import annotations
 
 import contextlib
-from fractions import Fraction
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .k_rule import scale_half_up
 from .modes import _hash_step, _mix64
 
 SCHEDULES = ("random", "uniform")
 _DOMAIN_LAYER_SKIP = 0x736B6970  # "skip"
 _SHADOW_KEY = "layers"  # the attribute LLaMA-style backbones iterate
-_MAX_RATIO_DENOMINATOR = 1_000_000
 
 
 def check_ratio(ratio: float) -> float:
@@ -85,8 +84,7 @@ def num_skipped_layers(num_layers: int, ratio: float) -> int:
     """
     if isinstance(num_layers, bool) or int(num_layers) != num_layers or num_layers < 1:
         raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
-    frac = Fraction(repr(check_ratio(ratio))).limit_denominator(_MAX_RATIO_DENOMINATOR)
-    n = (2 * frac.numerator * int(num_layers) + frac.denominator) // (2 * frac.denominator)
+    n = scale_half_up(int(num_layers), check_ratio(ratio))
     limit = max(int(num_layers) - 2, 0)
     if n > limit:
         raise ValueError(

@@ -58,6 +58,12 @@ def step_seed(seed: int, global_step: int, micro_step: int) -> int:
     return _hash_step(_DOMAIN_PRUNER_SEED, seed, global_step, micro_step) >> 1
 
 
+def training_slow_ratio(slow_mode_ratio: float, pretraining: bool, slow_mode_in_pretraining: bool = False) -> float:
+    """The slow-mode probability r of a training stage: the paper pretrains the projector in fast mode only (r = 0),
+    unless asked otherwise; instruction tuning uses `--slow_mode_ratio`."""
+    return float(slow_mode_ratio) if (not pretraining or slow_mode_in_pretraining) else 0.0
+
+
 class ModeSchedule:
     """Where training is (global step, micro-step) and what that means for the mode and the pruner seed.
 

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout uninstalled
 
 from llava.mm_utils import get_model_name_from_path  # noqa: E402
-from llava.model.builder import TRAINING_ONLY_KEYS, load_pretrained_model, read_training_only_weights  # noqa: E402
+from llava.model.builder import load_pretrained_model, read_training_only_weights, training_only_keys  # noqa: E402
 
 
 def merge_lora(model_path: str, model_base: str, save_model_path: str, dtype: str = "float16") -> None:
@@ -30,7 +30,7 @@ def merge_lora(model_path: str, model_base: str, save_model_path: str, dtype: st
     tokenizer.save_pretrained(save_model_path)
     image_processor.save_pretrained(save_model_path)
     extras, source = read_training_only_weights(model_path)
-    for key in TRAINING_ONLY_KEYS:
+    for key in training_only_keys(model_path):
         part = {k: v for k, v in extras.items() if key in k}
         if part:
             torch.save(part, os.path.join(save_model_path, f"{key}.bin"))

@@ -74,20 +74,18 @@ def tiny_llava(tiny_llm_path, tiny_clip_path):
     return model.eval()
 
 
-def enable_dualspeed(model, isolator_len: int = 4, slow_ratio: float = 0.5):
-    """Turn DualSpeed on for a patched model (p = 0.9, fresh isolator) with a schedule tests steer by hand."""
+def enable_dualspeed(model, isolator_len: int = 4, slow_ratio: float = 0.5, **settings):
+    """Turn DualSpeed on for a patched model (p = 0.9, fresh isolator, seed-0 schedule that tests steer by hand with
+    `state_of(model).schedule.at(step)`), through the public `attach`."""
     import warnings
 
-    from dualspeed_patch import DualSpeedArguments
-    from dualspeed_patch.isolator import attach_isolator
-    from dualspeed_patch.modes import ModeSchedule
+    from dualspeed_patch import DualSpeedArguments, attach
 
-    model._dualspeed_args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=slow_ratio,
-                                               mode_isolator_len=isolator_len)
+    args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=slow_ratio,
+                              mode_isolator_len=isolator_len, **settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        attach_isolator(model, isolator_len)
-    model._dualspeed_schedule = ModeSchedule(seed=0, slow_ratio=slow_ratio)
+        attach(model, args, seed=0)
     return model.train()
 
 

@@ -11,6 +11,8 @@ from dualspeed_patch.isolator import ISOLATOR_FILE, attach_isolator, get_isolato
 from dualspeed_patch.pruners import divprune_select
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.llava_arch import LlavaMetaForCausalLM
+from dualspeed_patch.state import state_of
+from dualspeed_patch import step as ds_step
 
 from conftest import enable_dualspeed  # noqa: E402
 
@@ -88,8 +90,8 @@ def test_fast_mode_input_layout(ds_model):
 
 def test_fast_step_trains_isolator_and_projector(ds_model):
     model = ds_model
-    _, fast = slow_and_fast_steps(model._dualspeed_schedule)
-    model._dualspeed_schedule.at(fast)
+    _, fast = slow_and_fast_steps(state_of(model).schedule)
+    state_of(model).schedule.at(fast)
     out = model(**batch(model))
     out.loss.backward()
     assert get_isolator(model).weight.grad.abs().sum() > 0
@@ -108,11 +110,11 @@ def _answer_logits(model, b, mode):
 @pytest.mark.parametrize("alpha,temperature", [(1.0, 1.0), (0.5, 2.0)])
 def test_slow_step_loss_is_ce_plus_hand_computed_kl(ds_model, alpha, temperature):
     model = ds_model.eval()  # no dropout; slow_step itself does not depend on the training flag
-    model._dualspeed_args.distill_alpha, model._dualspeed_args.distill_temperature = alpha, temperature
-    slow, _ = slow_and_fast_steps(model._dualspeed_schedule)
-    model._dualspeed_schedule.at(slow)
+    state_of(model).args.distill_alpha, state_of(model).args.distill_temperature = alpha, temperature
+    slow, _ = slow_and_fast_steps(state_of(model).schedule)
+    state_of(model).schedule.at(slow)
     b = batch(model)
-    loss, metrics = patch.slow_step(model, b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+    loss, metrics = ds_step.slow_step(model, state_of(model), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
 
     student, targets = _answer_logits(model, b, patch.FULL)
     teacher, _ = _answer_logits(model, b, patch.FAST)
@@ -127,14 +129,14 @@ def test_slow_step_loss_is_ce_plus_hand_computed_kl(ds_model, alpha, temperature
 
 def test_slow_step_with_alpha_zero_is_plain_ce_and_isolator_gets_no_gradient(ds_model):
     model = ds_model.eval()
-    model._dualspeed_args.distill_alpha = 0.0
+    state_of(model).args.distill_alpha = 0.0
     b = batch(model)
-    loss, _ = patch.slow_step(model, b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+    loss, _ = ds_step.slow_step(model, state_of(model), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
     with patch.visual_mode(model, patch.FULL):
         plain = model(**b).loss
     torch.testing.assert_close(loss, plain)
-    model._dualspeed_args.distill_alpha = 1.0
-    loss, _ = patch.slow_step(model, b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+    state_of(model).args.distill_alpha = 1.0
+    loss, _ = ds_step.slow_step(model, state_of(model), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
     loss.backward()
     assert get_isolator(model).weight.grad is None  # the teacher (the only isolator user) has no graph
     assert model.get_model().mm_projector[0].weight.grad.abs().sum() > 0
@@ -144,8 +146,8 @@ def test_teacher_pass_builds_no_graph(ds_model):
     model = ds_model
     seen = []
     handle = model.get_model().register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state.requires_grad))
-    slow, _ = slow_and_fast_steps(model._dualspeed_schedule)
-    model._dualspeed_schedule.at(slow)
+    slow, _ = slow_and_fast_steps(state_of(model).schedule)
+    state_of(model).schedule.at(slow)
     try:
         out = model(**batch(model))
     finally:
@@ -159,8 +161,8 @@ def test_text_only_batches_in_both_modes(ds_model, slow):
     model = ds_model
     b = batch(model)
     b["input_ids"] = torch.tensor([[1, 5, 6, 7, 8, 9, 9], [1, 10, 11, 12, 13, 0, 0]])
-    step = slow_and_fast_steps(model._dualspeed_schedule)[0 if slow else 1]
-    model._dualspeed_schedule.at(step)
+    step = slow_and_fast_steps(state_of(model).schedule)[0 if slow else 1]
+    state_of(model).schedule.at(step)
     out = model(**b)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -200,8 +202,8 @@ def test_fast_ce_is_logged_per_token_whatever_the_trainer_divides_by(ds_model):
     from dualspeed_patch.callback import DualSpeedMetrics
 
     model = ds_model
-    model._dualspeed_schedule.at(slow_and_fast_steps(model._dualspeed_schedule)[1])  # a fast step
-    model._dualspeed_metrics = recorder = DualSpeedMetrics()
+    state_of(model).schedule.at(slow_and_fast_steps(state_of(model).schedule)[1])  # a fast step
+    state_of(model).metrics = recorder = DualSpeedMetrics()
     b = batch(model)
     local = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())  # 6 answer tokens
     with torch.no_grad():

@@ -16,7 +16,7 @@ import dualspeed_patch.patch as patch
 from dualspeed_patch import kept_tokens
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.eval import model_vqa_loader
-from llava.eval.pruned_inference import add_pruning_arguments, attach_trained_isolator, setup_pruned_inference
+from dualspeed_patch.pruned_inference import add_pruning_arguments, attach_trained_isolator, setup_pruned_inference
 from llava.mm_utils import get_model_name_from_path
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import load_pretrained_model, read_training_only_weights
@@ -48,7 +48,7 @@ def checkpoints(tiny_llm_path, tiny_clip_path, tmp_path_factory):
     """(LoRA checkpoint dir, merged checkpoint dir, the isolator weights the run trained)."""
     from peft import LoraConfig, get_peft_model
 
-    from dualspeed_patch.isolator import attach_isolator
+    from dualspeed_patch import DualSpeedArguments, attach
     from llava.train import checkpoint
 
     root = tmp_path_factory.mktemp("eval_ckpt")
@@ -59,7 +59,7 @@ def checkpoints(tiny_llm_path, tiny_clip_path, tmp_path_factory):
                              tokenizer_model_max_length=2048))  # as train() records them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        isolator = attach_isolator(model, L_ISO)
+        isolator = attach(model, DualSpeedArguments(dualspeed=True, mode_isolator_len=L_ISO)).isolator
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                             init_lora_weights=False, task_type="CAUSAL_LM"))
     lora.base_model.model.get_model().mm_projector.requires_grad_(True)

@@ -18,6 +18,10 @@ from dualspeed_patch.layer_pruning import compact_index, cumsum_in_group, map_to
 from dualspeed_patch.llm_flops import LlmShape, flops_ratio, layer_flops, stack_flops
 from dualspeed_patch.visual_attention import head_max_attention
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from dualspeed_patch.pruners import registry
+from dualspeed_patch.state import attach, state_of
+from dualspeed_patch import step as ds_step
+from dualspeed_patch import inputs as ds_inputs
 
 from conftest import enable_dualspeed  # noqa: E402
 
@@ -35,10 +39,7 @@ def recipe_path(tmp_path):
 @pytest.fixture
 def fp_model(tiny_llava, patched, recipe_path):
     """Tiny LLaVA in training mode, DualSpeed on with FitPrune, fast mode on every step (slow ratio 0)."""
-    model = enable_dualspeed(tiny_llava, L_ISO, slow_ratio=0.0)
-    model._dualspeed_args = dataclasses.replace(model._dualspeed_args, vtp_method="fitprune",
-                                                fitprune_recipe=str(recipe_path))
-    return model
+    return enable_dualspeed(tiny_llava, L_ISO, slow_ratio=0.0, vtp_method="fitprune", fitprune_recipe=str(recipe_path))
 
 
 def make_batch(model, text_lengths=(9, 6), answer=3, seed=0):
@@ -127,9 +128,9 @@ def test_config_requires_a_recipe_and_no_layer_skip():
 def test_recipe_depth_must_match_model(tiny_llava, tmp_path):
     path = tmp_path / "short.json"
     FitPruneRecipe(visual_tokens=64, remaining=(32, 16, 8)).save(str(path))
-    tiny_llava._dualspeed_args = DualSpeedArguments(vtp_method="fitprune", fitprune_recipe=str(path))
+    args = DualSpeedArguments(dualspeed=True, vtp_method="fitprune", fitprune_recipe=str(path))
     with pytest.raises(ValueError, match="recipe has 3 layers but the model has 4 decoder layers"):
-        fitprune.recipe_for(tiny_llava)
+        attach(tiny_llava, args)
 
 
 # ------------------------------------------------------------------------------------ attention statistics
@@ -141,7 +142,7 @@ def test_head_max_attention_equals_eager_attention(tiny_llava):
     llm = tiny_llava.get_model()
     b = make_batch(tiny_llava)
     with torch.no_grad():
-        _, _, mask, embeds, _ = patch.build_llm_inputs(tiny_llava, b["input_ids"], None, b["attention_mask"], None,
+        _, _, mask, embeds, _ = ds_inputs.build_llm_inputs(tiny_llava, b["input_ids"], None, b["attention_mask"], None,
                                                        tiny_llava.encode_images(b["images"]), torch.tensor([64, 64]))
         positions = torch.arange(embeds.shape[1]).unsqueeze(0)
         cos, sin = llm.rotary_emb(embeds, position_ids=positions)
@@ -232,10 +233,10 @@ def test_each_pruning_layer_shrinks_the_sequence_by_the_recipe(fp_model):
 
 def test_batch_of_two_with_different_text_lengths(fp_model):
     b = make_batch(fp_model, text_lengths=(11, 6))
-    visual, lengths, _ = patch.visual_sequences(fp_model, b["images"])
+    visual, lengths, _ = ds_inputs.visual_sequences(fp_model, state_of(fp_model), b["images"])
     seen, remove = layer_input_lengths(fp_model)
     try:
-        hidden, labels, run = fitprune.pruned_llm_forward(fp_model, b["input_ids"], b["attention_mask"], b["labels"],
+        hidden, labels, run = fitprune.pruned_llm_forward(fp_model, state_of(fp_model), b["input_ids"], b["attention_mask"], b["labels"],
                                                           visual, lengths)
     finally:
         remove()
@@ -250,12 +251,12 @@ def test_batch_of_two_with_different_text_lengths(fp_model):
 
 def test_text_isolator_and_padding_are_never_dropped(fp_model):
     b = make_batch(fp_model, text_lengths=(11, 6))
-    visual, lengths, _ = patch.visual_sequences(fp_model, b["images"])
+    visual, lengths, _ = ds_inputs.visual_sequences(fp_model, state_of(fp_model), b["images"])
     with torch.no_grad():
-        hidden, _, run = fitprune.pruned_llm_forward(fp_model, b["input_ids"], b["attention_mask"], b["labels"],
+        hidden, _, run = fitprune.pruned_llm_forward(fp_model, state_of(fp_model), b["input_ids"], b["attention_mask"], b["labels"],
                                                      visual, lengths)
         iso = torch.cat([get_isolator(fp_model)().unsqueeze(0).expand(2, -1, -1), visual], dim=1)
-        _, _, mask, embeds, spliced = patch.build_llm_inputs(fp_model, b["input_ids"], None, b["attention_mask"],
+        _, _, mask, embeds, spliced = ds_inputs.build_llm_inputs(fp_model, b["input_ids"], None, b["attention_mask"],
                                                              b["labels"], iso, lengths + L_ISO)
     tokens = map_tokens(b["input_ids"], b["attention_mask"], spliced, lengths + L_ISO, iso.shape[1], L_ISO)
     for row in range(2):
@@ -277,9 +278,9 @@ def manual_reduced_run(model, b, run):
     from transformers.masking_utils import create_causal_mask
 
     llm = model.get_model()
-    visual, lengths, _ = patch.visual_sequences(model, b["images"])
+    visual, lengths, _ = ds_inputs.visual_sequences(model, state_of(model), b["images"])
     iso = torch.cat([get_isolator(model)().unsqueeze(0).expand(visual.shape[0], -1, -1), visual], dim=1)
-    _, _, mask, hidden, labels = patch.build_llm_inputs(model, b["input_ids"], None, b["attention_mask"], b["labels"],
+    _, _, mask, hidden, labels = ds_inputs.build_llm_inputs(model, b["input_ids"], None, b["attention_mask"], b["labels"],
                                                         iso, lengths + L_ISO)
     batch, length = mask.shape
     current = torch.arange(length).expand(batch, length)  # original positions present
@@ -314,9 +315,10 @@ def test_loss_equals_hand_reduced_sequence(fp_model, text_lengths, monkeypatch):
         captured["run"] = out[2]
         return out
 
-    monkeypatch.setattr(fitprune, "pruned_llm_forward", keep_run)
+    entry = registry.get_method("fitprune")
+    monkeypatch.setitem(registry._METHODS, "fitprune", dataclasses.replace(entry, fn=keep_run))
     with torch.no_grad():
-        loss = fitprune.fast_step(model, b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+        loss = ds_step.in_llm_fast_loss(model, state_of(model), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
         reference = manual_reduced_run(model, b, captured["run"])
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
 
@@ -341,10 +343,10 @@ def test_rows_losing_different_numbers_of_tokens_match_their_single_row_runs(fp_
     seen, remove = layer_input_lengths(model)
     with torch.no_grad():
         try:
-            both = fitprune.fast_step(model, ids, mask, labels, images)
+            both = ds_step.in_llm_fast_loss(model, state_of(model), ids, mask, labels, images)
         finally:
             remove()
-        alone_image = fitprune.fast_step(model, image_row["input_ids"], image_row["attention_mask"],
+        alone_image = ds_step.in_llm_fast_loss(model, state_of(model), image_row["input_ids"], image_row["attention_mask"],
                                          image_row["labels"], image_row["images"])
         alone_text = model(input_ids=text_ids, labels=text_labels).loss  # no image: plain LLaVA on text
     full = 8 + L_ISO + 64
@@ -356,7 +358,7 @@ def test_training_forward_uses_fitprune_and_gradients_reach_projector_and_isolat
     b = make_batch(fp_model, text_lengths=(11, 6))
     out = fp_model(**b)
     with torch.no_grad():
-        direct = fitprune.fast_step(fp_model.eval(), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+        direct = ds_step.in_llm_fast_loss(fp_model.eval(), state_of(fp_model.eval()), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
     fp_model.train()
     torch.testing.assert_close(out.loss, direct)
     out.loss.backward()
@@ -395,7 +397,7 @@ def test_slow_step_teacher_prunes_inside_the_llm(fp_model):
     b = make_batch(fp_model, text_lengths=(11, 6), seed=2)
     seen, remove = layer_input_lengths(fp_model)
     try:
-        loss, metrics = patch.slow_step(fp_model, b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+        loss, metrics = ds_step.slow_step(fp_model, state_of(fp_model), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
     finally:
         remove()
     full = 10 + 64
@@ -410,7 +412,7 @@ def test_plain_forward_unchanged_after_a_fitprune_step(fp_model):
     model = fp_model.eval()
     with torch.no_grad():
         before = model(**b).logits
-        fitprune.fast_step(model, b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+        ds_step.in_llm_fast_loss(model, state_of(model), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
         after = model(**b).logits
     assert torch.equal(before, after)
 

@@ -29,6 +29,7 @@ from dualspeed_patch.pruners import (
 )
 from dualspeed_patch.pruners.avgpool import nearest_square_side
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from dualspeed_patch.state import state_of
 
 from conftest import enable_dualspeed  # noqa: E402
 
@@ -122,8 +123,8 @@ class CallLog:
 @pytest.fixture
 def skip_model(tiny_llava, patched):
     model = enable_dualspeed(tiny_llava, isolator_len=4, slow_ratio=0.5)
-    model._dualspeed_args.layer_skip_ratio = 0.5  # 4 layers -> skip 2 (both interior ones)
-    model._dualspeed_metrics = DualSpeedMetrics()
+    state_of(model).args.layer_skip_ratio = 0.5  # 4 layers -> skip 2 (both interior ones)
+    state_of(model).metrics = DualSpeedMetrics()
     return model
 
 
@@ -133,7 +134,7 @@ def layer_grads(model):
 
 def test_fast_step_skips_layers_and_they_get_no_gradient(skip_model):
     model = skip_model
-    schedule = model._dualspeed_schedule
+    schedule = state_of(model).schedule
     schedule.at(first_step(schedule, slow=False))
     skipped = skipped_layers(schedule.seed, schedule.global_step, 0, 4, 0.5)
     assert skipped == (1, 2)
@@ -148,13 +149,13 @@ def test_fast_step_skips_layers_and_they_get_no_gradient(skip_model):
     grads = layer_grads(model)
     assert all(g is None for i in skipped for g in grads[i])
     assert all(g is not None and g.abs().sum() > 0 for i in (0, 3) for g in grads[i])
-    assert model._dualspeed_metrics.pop()["dualspeed/skipped_layers"] == 2.0
+    assert state_of(model).metrics.pop()["dualspeed/skipped_layers"] == 2.0
 
 
 def test_random_single_layer_skip_follows_the_schedule(skip_model):
     model = skip_model
-    model._dualspeed_args.layer_skip_ratio = 0.25  # skip 1 of the interior layers {1, 2}
-    schedule, seen = model._dualspeed_schedule, set()
+    state_of(model).args.layer_skip_ratio = 0.25  # skip 1 of the interior layers {1, 2}
+    schedule, seen = state_of(model).schedule, set()
     fast_steps = [s for s in range(60) if not schedule.at(s).is_slow()][:10]
     for step in fast_steps:
         schedule.at(step)
@@ -168,12 +169,12 @@ def test_random_single_layer_skip_follows_the_schedule(skip_model):
         assert log.calls == [i for i in range(4) if i != skip]
         seen.add(skip)
     assert seen == {1, 2}
-    assert model._dualspeed_metrics.pop()["dualspeed/skipped_layers"] == 1.0
+    assert state_of(model).metrics.pop()["dualspeed/skipped_layers"] == 1.0
 
 
 def test_slow_step_skips_nothing(skip_model):
     model = skip_model
-    schedule = model._dualspeed_schedule
+    schedule = state_of(model).schedule
     schedule.at(first_step(schedule, slow=True))
     log = CallLog(decoder_layers(model.get_model()))
     try:
@@ -183,7 +184,7 @@ def test_slow_step_skips_nothing(skip_model):
     assert log.calls == [0, 1, 2, 3] * 2  # teacher, then student: all layers each
     out.loss.backward()
     assert all(g is not None for layer in layer_grads(model) for g in layer)
-    assert "dualspeed/skipped_layers" not in model._dualspeed_metrics.pop()
+    assert "dualspeed/skipped_layers" not in state_of(model).metrics.pop()
 
 
 def test_inference_never_skips(skip_model):
@@ -199,8 +200,8 @@ def test_inference_never_skips(skip_model):
 
 def test_ratio_zero_is_bit_identical_to_no_skipping(skip_model):
     model = skip_model
-    model._dualspeed_args.layer_skip_ratio = 0.0
-    schedule = model._dualspeed_schedule
+    state_of(model).args.layer_skip_ratio = 0.0
+    schedule = state_of(model).schedule
     schedule.at(first_step(schedule, slow=False))
     b = batch(model)
     with torch.no_grad():
@@ -208,7 +209,7 @@ def test_ratio_zero_is_bit_identical_to_no_skipping(skip_model):
         with patch.visual_mode(model, patch.FAST):
             expected = type(model).forward.__wrapped__(model, **b)  # LLaVA's own forward on the fast-mode input
     assert torch.equal(got.logits, expected.logits) and torch.equal(got.loss, expected.loss)
-    assert "dualspeed/skipped_layers" not in model._dualspeed_metrics.pop()
+    assert "dualspeed/skipped_layers" not in state_of(model).metrics.pop()
 
 
 class PassThrough(nn.Module):
@@ -247,7 +248,7 @@ def test_lora_with_gradient_checkpointing(skip_model):
     assert all(layer.gradient_checkpointing for layer in decoder_layers(model.get_model()))
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     lora.train()
-    schedule = model._dualspeed_schedule
+    schedule = state_of(model).schedule
     schedule.at(first_step(schedule, slow=False))
     out = lora(**batch(model))
     out.loss.backward()
@@ -397,7 +398,7 @@ def test_avgpool_registry_and_dispatch():
 
 def test_avgpool_fast_mode_input(tiny_llava, patched):
     model = enable_dualspeed(tiny_llava, isolator_len=4)
-    model._dualspeed_args.vtp_method = "avgpool"
+    state_of(model).args.vtp_method = "avgpool"
     b = batch(model)
     n = model.get_vision_tower().num_patches  # 8 x 8 grid in the tiny world
     k = kept_tokens(n, 0.9)
@@ -411,7 +412,7 @@ def test_avgpool_fast_mode_input(tiny_llava, patched):
     torch.testing.assert_close(embeds[0, 2:6], get_isolator(model).weight)
     pooled = features.view(1, 8, 8, -1).unflatten(1, (2, 4)).unflatten(3, (2, 4)).mean(dim=(2, 4)).flatten(1, 2)
     torch.testing.assert_close(embeds[0, 6:6 + g * g], pooled[0])
-    schedule = model._dualspeed_schedule
+    schedule = state_of(model).schedule
     schedule.at(first_step(schedule, slow=False))
     out = model(**b)
     out.loss.backward()

@@ -27,6 +27,9 @@ from dualspeed_patch.isolator import get_isolator
 from dualspeed_patch.pruners import divprune_select
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images
+from dualspeed_patch.state import state_of
+from dualspeed_patch import step as ds_step
+from dualspeed_patch import inputs as ds_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 PINPOINTS = "[(64,128),(128,64),(128,128)]"
@@ -155,8 +158,8 @@ def test_unpad_keeps_upstream_row_and_column_order(next_model):
     views, sizes = pixels(model, ["wide"])
     with torch.no_grad():
         feats = model.encode_images(views[0])  # [3, 64, H]: base, left tile, right tile
-        model._dualspeed_args = DualSpeedArguments()
-        packed, _, _ = patch.visual_sequences(model, views, image_sizes=sizes)
+        state_of(model).args = DualSpeedArguments()
+        packed, _, _ = ds_inputs.visual_sequences(model, state_of(model), views, image_sizes=sizes)
     packed = packed[0]
     newline = model.get_model().image_newline
     torch.testing.assert_close(packed[:N], feats[0], rtol=0, atol=0)
@@ -218,7 +221,7 @@ def test_fast_mode_on_next_layout(ds_next):
     assert k == [17, 18, 34]
     with torch.no_grad():
         _, _, mask, _, embeds, labels = prepare(model, b, patch.FAST)
-        visual, lengths, _ = patch.visual_sequences(model, b["images"][:3], image_sizes=b["image_sizes"][:3])
+        visual, lengths, _ = ds_inputs.visual_sequences(model, state_of(model), b["images"][:3], image_sizes=b["image_sizes"][:3])
     assert lengths.tolist() == packed_len
     # LLM input per row = 6 text tokens + K_i + l; the text-only row is untouched
     assert mask.sum(1).tolist() == [6 + k[0] + L_ISO, 6 + k[1] + L_ISO, 6 + k[2] + L_ISO, 5]
@@ -238,7 +241,7 @@ def test_fast_mode_on_next_layout(ds_next):
 
 def test_fast_step_on_next_trains_projector_newline_and_isolator(ds_next):
     model = ds_next
-    model._dualspeed_schedule.at(step_of_mode(model._dualspeed_schedule, slow=False))
+    state_of(model).schedule.at(step_of_mode(state_of(model).schedule, slow=False))
     model(**next_batch(model)).loss.backward()
     assert get_isolator(model).weight.grad.abs().sum() > 0
     assert model.get_model().mm_projector[0].weight.grad.abs().sum() > 0
@@ -248,15 +251,15 @@ def test_fast_step_on_next_trains_projector_newline_and_isolator(ds_next):
 def test_slow_step_on_next(ds_next):
     model = ds_next.eval()
     b = next_batch(model, names=("tall",))
-    model._dualspeed_args.distill_alpha = 0.0  # then the loss is exactly the student's CE on full packed tokens
+    state_of(model).args.distill_alpha = 0.0  # then the loss is exactly the student's CE on full packed tokens
     args = (b["input_ids"], b["attention_mask"], b["labels"], b["images"])
-    loss, _ = patch.slow_step(model, *args, image_sizes=b["image_sizes"])
+    loss, _ = ds_step.slow_step(model, state_of(model), *args, image_sizes=b["image_sizes"])
     with patch.visual_mode(model, patch.FULL):
         plain = model(**b).loss
     torch.testing.assert_close(loss, plain)
-    model._dualspeed_args.distill_alpha = 1.0
+    state_of(model).args.distill_alpha = 1.0
     model.train()
-    model._dualspeed_schedule.at(step_of_mode(model._dualspeed_schedule, slow=True))
+    state_of(model).schedule.at(step_of_mode(state_of(model).schedule, slow=True))
     out = model(**b)
     assert torch.isfinite(out.loss) and out.loss > plain.detach()  # CE + a positive KL
     out.loss.backward()
@@ -270,14 +273,14 @@ def test_context_pruners_get_packed_context(ds_next, tiny_clip_path):
     model = ds_next
     b = next_batch(model, names=("wide", "square"))
     views, sizes = b["images"][:2], b["image_sizes"][:2]
-    model.__dict__["_dualspeed_text_scorer"] = ClipTextScorer(tiny_clip_path)
-    model._dualspeed_instructions = ["a red square", None]
+    state_of(model).text_scorer = ClipTextScorer(tiny_clip_path)
+    state_of(model).instructions = ["a red square", None]
     newline = model.get_model().image_newline
     for method, key in (("fastervlm", "cls_attention"), ("cdpruner", "relevance")):
-        model._dualspeed_args.vtp_method = method
+        state_of(model).args.vtp_method = method
         with torch.no_grad():
-            visual, lengths, context = patch.visual_sequences(model, views, pruning=True, image_sizes=sizes)
-            pruned, kept = patch.prune_visual(model, visual, lengths, with_isolator=False, **context)
+            visual, lengths, context = ds_inputs.visual_sequences(model, state_of(model), views, pruning=True, image_sizes=sizes)
+            pruned, kept = ds_inputs.prune_visual(state_of(model), visual, lengths, with_isolator=False, **context)
         score = context[key]
         assert score.shape == visual.shape[:2]
         is_newline = (visual == newline).all(dim=-1)

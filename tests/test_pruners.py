@@ -178,7 +178,7 @@ def test_mask_to_indices_padding():
 
 
 def test_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
 
     @register_pruner("First3")
     def first3(features, keep, valid=None, **context):
@@ -210,3 +210,23 @@ def test_bad_inputs_name_the_problem():
         prune_indices("divprune", x, -1)
     with pytest.raises(ValueError, match="keep must be an int"):
         prune_indices("divprune", x, torch.tensor([1, 2, 3]))
+
+
+def test_one_registry_declares_each_methods_kind_and_context():
+    """Selectors, compressors and the in-LLM FitPrune sit in one registry; each entry says its kind and the context
+    its training forward must compute; a name cannot be taken by a method of another kind."""
+    from dualspeed_patch.methods import COMPRESS, IN_LLM, SELECT, get_method
+
+    kinds = {name: get_method(name).kind for name in ("divprune", "fastervlm", "cdpruner", "avgpool", "fitprune")}
+    assert kinds == {"divprune": SELECT, "fastervlm": SELECT, "cdpruner": SELECT, "avgpool": COMPRESS,
+                     "fitprune": IN_LLM}
+    assert get_method("fastervlm").context_keys == ("cls_attention",)
+    assert get_method("cdpruner").context_keys == ("relevance",)
+    assert get_method("avgpool").context_keys == ("grid_side",)
+    assert get_method("divprune").context_keys == () and get_method("fitprune").required_flags == ("fitprune_recipe",)
+    with pytest.raises(ValueError, match="already a registered in-LLM method"):
+        register_pruner("fitprune", lambda features, keep, valid=None, **c: None)
+    with pytest.raises(ValueError, match="prunes inside the LLM"):
+        from dualspeed_patch.pruners import reduce_tokens
+
+        reduce_tokens("fitprune", torch.randn(1, 4, 2), 2)

@@ -1,4 +1,4 @@
-"""Visual-token pruners and compressors: the registries and the built-in methods (importing this registers them)."""
+"""Visual-token pruners and compressors: the method registry and the built-in methods (importing this registers them)."""
 from . import avgpool, baselines, cdpruner, divprune, fastervlm  # noqa: F401  (registration side effect)
 from .avgpool import avgpool_compress
 from .baselines import random_select, uniform_select
@@ -15,7 +15,16 @@ from .compressors import (
 from .divprune import cosine_distance, divprune_select
 from .fastervlm import fastervlm_select
 from .registry import (
+    COMPRESS,
+    IN_LLM,
+    KINDS,
+    SELECT,
+    Method,
+    available_methods,
     available_pruners,
+    get_method,
+    has_method,
+    register_method,
     check_inputs,
     effective_keep,
     gather_kept,
@@ -27,6 +36,15 @@ from .registry import (
 )
 
 __all__ = [
+    "COMPRESS",
+    "IN_LLM",
+    "KINDS",
+    "SELECT",
+    "Method",
+    "available_methods",
+    "get_method",
+    "has_method",
+    "register_method",
     "available_compressors",
     "available_pruners",
     "available_vtp_methods",

@@ -63,7 +63,7 @@ def _window_ids(valid: torch.Tensor, k: torch.Tensor, grid_side: Optional[int]) 
     return slot.masked_fill(~valid, -1), count
 
 
-@register_compressor("avgpool")
+@register_compressor("avgpool", context_keys=("grid_side",))
 def avgpool_compress(
     features: torch.Tensor,
     keep: Keep,
@@ -95,6 +95,3 @@ def avgpool_compress(
     pooled = torch.bmm(windows, features.float()) / sizes.clamp(min=1.0)
     mask = torch.arange(width, device=features.device).unsqueeze(0) < count.unsqueeze(1)
     return pooled.to(features.dtype), mask
-
-
-avgpool_compress.context_keys = ("grid_side",)  # the training forward passes the patch-grid side when square

@@ -84,7 +84,7 @@ def greedy_dpp_map(
     return selected
 
 
-@register_pruner("cdpruner")
+@register_pruner("cdpruner", context_keys=("relevance",))
 @torch.no_grad()
 def cdpruner_select(
     features: torch.Tensor,
@@ -106,6 +106,3 @@ def cdpruner_select(
     weights = _relevance_weights(relevance, b, n, features.device)
     selected = greedy_dpp_map(cosine_similarity(features), weights, k, valid)
     return mask_to_indices(selected)
-
-
-cdpruner_select.context_keys = ("relevance",)  # context the training forward computes for this pruner on request

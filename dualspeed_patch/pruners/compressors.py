@@ -1,4 +1,4 @@
-"""Visual-token compressors, their registry, and one dispatcher that serves selectors and compressors alike.
+"""Visual-token compressors, and the one pre-LLM dispatcher that serves selectors and compressors alike.
 
 A *pruner* (selector, `registry.py`) returns the indices of the tokens it keeps; a *compressor* creates new
 tokens (e.g. averages of neighbouring ones), so it returns the tokens themselves:
@@ -13,9 +13,9 @@ Contract:
   same dtype and device as `features`; invalid (padding) input tokens never contribute;
 - unknown `context` keys are ignored; a compressor may declare the context it needs in `context_keys`.
 
-Compressors live in their own registry so that everything written against the selector contract
-(`prune_indices`, `available_pruners()`, benchmarks iterating over selectors) keeps seeing index selectors only.
-`--vtp_method` accepts a name from either registry (`has_vtp_method`); a compressor cannot take a pruner's name.
+Compressors are entries of kind `compress` in the one method registry (`registry.py`), so everything written
+against the selector contract (`prune_indices`, `available_pruners()`, benchmarks iterating over selectors) keeps
+seeing index selectors only. A compressor cannot take a pruner's name.
 """
 from __future__ import annotations
 
@@ -23,52 +23,43 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .registry import (Keep, _normalise_name, available_pruners, gather_kept, get_pruner, has_pruner, prune_indices,
-                       registrar)
+from .registry import (COMPRESS, IN_LLM, SELECT, Keep, available_methods, gather_kept, get_method, has_method,
+                       prune_indices, register_method)
 
 CompressorFn = Callable[..., tuple]
 
-_COMPRESSORS: dict[str, CompressorFn] = {}
 
-
-def _key(name: str) -> str:
-    return _normalise_name(name, "compressor")
-
-
-def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, overwrite: bool = False):
+def register_compressor(name: str, fn: Optional[CompressorFn] = None, *, context_keys: Optional[tuple] = None,
+                        overwrite: bool = False):
     """Register `fn` as compressor `name` (case-insensitive), usable as `--vtp_method name`; works as a decorator.
 
     Raises if `name` is a registered pruner, or a different compressor already holds it (unless `overwrite`)."""
-    return registrar(_COMPRESSORS, "compressor", name, fn, overwrite, reserved=has_pruner)
+    return register_method(name, fn, kind=COMPRESS, context_keys=context_keys, overwrite=overwrite)
 
 
 def has_compressor(name: str) -> bool:
     """Whether a compressor is registered under `name`."""
-    return isinstance(name, str) and name.strip().lower() in _COMPRESSORS
+    return has_method(name, COMPRESS)
 
 
 def available_compressors() -> list[str]:
     """Sorted names of all registered compressors."""
-    return sorted(_COMPRESSORS)
+    return available_methods(COMPRESS)
 
 
 def has_vtp_method(name: str) -> bool:
-    """Whether `name` is a registered pruner or compressor (what `--vtp_method` accepts)."""
-    return has_pruner(name) or has_compressor(name)
+    """Whether `name` is a registered method of any kind (what `--vtp_method` accepts)."""
+    return has_method(name)
 
 
 def available_vtp_methods() -> list[str]:
-    """Sorted names of all pruners and compressors."""
-    return sorted(set(_COMPRESSORS) | set(available_pruners()))
+    """Sorted names of all registered methods (pruners, compressors, in-LLM methods)."""
+    return available_methods()
 
 
 def get_vtp_method(name: str) -> Callable:
-    """The pruner or compressor registered as `name` (pruners first); a KeyError listing every known name."""
-    if has_pruner(name):
-        return get_pruner(name)
-    if has_compressor(name):
-        return _COMPRESSORS[_key(name)]
-    raise KeyError(f"unknown visual-token method {name!r}; known: {', '.join(available_vtp_methods()) or '(none)'}")
+    """The function registered as `name`; a KeyError listing every known name."""
+    return get_method(name).fn
 
 
 def reduce_tokens(
@@ -78,16 +69,20 @@ def reduce_tokens(
     valid: Optional[torch.Tensor] = None,
     **context,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reduce each image's visual tokens with `method` (a registered name, or a pruner function):
+    """Reduce each image's visual tokens with `method` (a registered name, or a pruner function) before the LLM:
     `(tokens [B, K, D], mask [B, K])`, mask marking each row's real entries.
 
     A pruner selects without gradient and the kept tokens are gathered (gradients reach them); a compressor's
-    output is returned as is, after checking its shapes against its contract.
+    output is returned as is, after checking its shapes against its contract. An in-LLM method has no pre-LLM
+    reduction: asking for one raises.
     """
-    if not (isinstance(method, str) and has_compressor(method) and not has_pruner(method)):
+    kind = get_method(method).kind if isinstance(method, str) else SELECT
+    if kind == IN_LLM:
+        raise ValueError(f"{method!r} prunes inside the LLM; it has no pre-LLM token reduction")
+    if kind == SELECT:
         indices, mask = prune_indices(method, features, keep, valid, **context)
         return gather_kept(features, indices), mask
-    out = _COMPRESSORS[_key(method)](features, keep, valid, **context)
+    out = get_method(method).fn(features, keep, valid, **context)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"compressor {method!r} must return (tokens, mask), got {type(out).__name__}")
     tokens, mask = out

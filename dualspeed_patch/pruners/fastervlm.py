@@ -8,7 +8,7 @@ import torch
 from .registry import Keep, check_inputs, effective_keep, mask_to_indices, register_pruner
 
 
-@register_pruner("fastervlm")
+@register_pruner("fastervlm", context_keys=("cls_attention",))
 @torch.no_grad()
 def fastervlm_select(
     features: torch.Tensor,
@@ -40,6 +40,3 @@ def fastervlm_select(
     take = torch.arange(n, device=features.device).expand(b, n) < k.unsqueeze(1)
     selected = torch.zeros(b, n, dtype=torch.bool, device=features.device).scatter(1, order, take)
     return mask_to_indices(selected)
-
-
-fastervlm_select.context_keys = ("cls_attention",)  # context the training forward computes for this pruner on request

@@ -18,6 +18,7 @@ that picks which visual tokens of each image to keep. Contract:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import torch
@@ -25,7 +26,29 @@ import torch
 PrunerFn = Callable[..., torch.Tensor]
 Keep = Union[int, torch.Tensor]
 
-_REGISTRY: dict[str, PrunerFn] = {}
+# The kinds of pruning method, by where they act and what they return.
+SELECT = "select"  # before the LLM: indices of the visual tokens each image keeps (this module's contract)
+COMPRESS = "compress"  # before the LLM: new tokens made from the visual tokens (`compressors.py`)
+IN_LLM = "in_llm"  # inside the LLM: all visual tokens go in, some leave between decoder layers (e.g. FitPrune)
+KINDS = (SELECT, COMPRESS, IN_LLM)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of the registry: a pruning method `--vtp_method` can name.
+
+    `context_keys`: what the method reads beside the features, computed for it on request (`cls_attention`,
+    `relevance`, `grid_side`). `required_flags`: DualSpeed flags that must be set when it is selected.
+    """
+
+    name: str
+    kind: str
+    fn: Callable
+    context_keys: tuple = ()
+    required_flags: tuple = ()
+
+
+_METHODS: dict[str, Method] = {}
 
 
 def _normalise_name(name: str, kind: str = "pruner") -> str:
@@ -34,56 +57,85 @@ def _normalise_name(name: str, kind: str = "pruner") -> str:
     return name.strip().lower()
 
 
-def _same_function(a: PrunerFn, b: PrunerFn) -> bool:
+def _same_function(a: Callable, b: Callable) -> bool:
     """Same object, or the same definition re-created by a module reload."""
     key = lambda f: (getattr(f, "__module__", None), getattr(f, "__qualname__", None))  # noqa: E731
     return a is b or key(a) == key(b)
 
 
-def registrar(table: dict, kind: str, name: str, fn: Optional[Callable], overwrite: bool,
-              reserved: Optional[Callable[[str], bool]] = None):
-    """Register `fn` in `table` under `name` (case-insensitive), or return the decorator that does; shared by the
-    pruner and compressor registries. A name `reserved` by the other registry, or held by a different function
-    (unless `overwrite`), raises."""
-    key = _normalise_name(name, kind)
+_KIND_WORD = {SELECT: "pruner", COMPRESS: "compressor", IN_LLM: "in-LLM method"}
+
+
+def register_method(name: str, fn: Optional[Callable] = None, *, kind: str = SELECT,
+                    context_keys: Optional[tuple] = None, required_flags: tuple = (), overwrite: bool = False):
+    """Register `fn` as pruning method `name` (case-insensitive) of `kind`, or return the decorator that does.
+
+    `context_keys` defaults to the function's own `context_keys` attribute (else none). A name held by a method of another
+    kind, or by a different function of the same kind (unless `overwrite`), raises.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    word = _KIND_WORD[kind]
+    key = _normalise_name(name, word)
 
     def decorate(f: Callable) -> Callable:
         if not callable(f):
-            raise TypeError(f"{kind} {name!r} must be callable, got {f!r}")
-        if reserved is not None and reserved(key):
-            raise ValueError(f"{key!r} is already a registered pruner; choose another name for the {kind}")
-        old = table.get(key)
-        if old is not None and not overwrite and not _same_function(old, f):
-            raise ValueError(f"{kind} {key!r} is already registered ({old!r}); pass overwrite=True to replace it")
-        table[key] = f
+            raise TypeError(f"{word} {name!r} must be callable, got {f!r}")
+        old = _METHODS.get(key)
+        if old is not None and old.kind != kind:
+            raise ValueError(f"{key!r} is already a registered {_KIND_WORD[old.kind]}; choose another name for the {word}")
+        if old is not None and not overwrite and not _same_function(old.fn, f):
+            raise ValueError(f"{word} {key!r} is already registered ({old.fn!r}); pass overwrite=True to replace it")
+        keys = tuple(context_keys if context_keys is not None else getattr(f, "context_keys", ()))
+        _METHODS[key] = Method(key, kind, f, keys, tuple(required_flags))
         return f
 
     return decorate if fn is None else decorate(fn)
 
 
-def register_pruner(name: str, fn: Optional[PrunerFn] = None, *, overwrite: bool = False):
-    """Register `fn` as pruner `name` (case-insensitive) so `--vtp_method name` can select it.
+def has_method(name: str, kind: Optional[str] = None) -> bool:
+    """Whether a method (of `kind`, when given) is registered under `name`."""
+    entry = _METHODS.get(name.strip().lower()) if isinstance(name, str) else None
+    return entry is not None and (kind is None or entry.kind == kind)
+
+
+def get_method(name: str) -> Method:
+    """The registry entry of `name`; a KeyError listing every known method otherwise."""
+    key = _normalise_name(name, "method")
+    if key not in _METHODS:
+        raise KeyError(f"unknown visual-token method {name!r}; known: {', '.join(available_methods()) or '(none)'}")
+    return _METHODS[key]
+
+
+def available_methods(kind: Optional[str] = None) -> list[str]:
+    """Sorted names of the registered methods (of `kind`, when given)."""
+    return sorted(k for k, m in _METHODS.items() if kind is None or m.kind == kind)
+
+
+def register_pruner(name: str, fn: Optional[PrunerFn] = None, *, context_keys: Optional[tuple] = None,
+                    overwrite: bool = False):
+    """Register `fn` as (selection) pruner `name` (case-insensitive) so `--vtp_method name` can select it.
     Use as `register_pruner("mine", fn)` or as the decorator `@register_pruner("mine")`.
     Registering a different function under a taken name raises unless `overwrite=True`."""
-    return registrar(_REGISTRY, "pruner", name, fn, overwrite)
+    return register_method(name, fn, kind=SELECT, context_keys=context_keys, overwrite=overwrite)
 
 
 def has_pruner(name: str) -> bool:
-    """Whether a pruner is registered under `name`."""
-    return isinstance(name, str) and name.strip().lower() in _REGISTRY
+    """Whether a selection pruner is registered under `name`."""
+    return has_method(name, SELECT)
 
 
 def get_pruner(name: str) -> PrunerFn:
-    """The pruner registered as `name`; a KeyError listing the known names otherwise."""
+    """The selection pruner registered as `name`; a KeyError listing the known pruners otherwise."""
     key = _normalise_name(name)
-    if key not in _REGISTRY:
+    if not has_pruner(key):
         raise KeyError(f"unknown pruner {name!r}; known pruners: {', '.join(available_pruners()) or '(none)'}")
-    return _REGISTRY[key]
+    return _METHODS[key].fn
 
 
 def available_pruners() -> list[str]:
-    """Sorted names of all registered pruners."""
-    return sorted(_REGISTRY)
+    """Sorted names of all registered selection pruners."""
+    return available_methods(SELECT)
 
 
 # ---------------------------------------------------------------- helpers shared by pruner implementations

@@ -1,7 +1,7 @@
 """Batched generation for evaluation runners: load a model for evaluation and answer a batch of prompts.
 
-`load_for_eval(args)` loads a checkpoint the way `llava.eval.model_vqa_loader` does (upstream flags, plus the
-pruned-inference flags of `llava.eval.pruned_inference`); `answer_batch(session, prompts, images)` answers a
+`load_for_eval(args)` loads a checkpoint the way `llava.eval.model_vqa_loader` does (upstream flags, plus those of
+the installed evaluation extensions, `llava.eval.extensions`); `answer_batch(session, prompts, images)` answers a
 left-padded batch in one `generate` call, with greedy answers token-for-token equal to one-at-a-time generation.
 """
 import argparse
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.eval.pruned_inference import setup_pruned_inference
+from llava.eval import extensions
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.utils import torch_init_disabled
@@ -32,14 +32,14 @@ class EvalSession:
 
 
 def load_for_eval(args: argparse.Namespace) -> EvalSession:
-    """Load `args.model_path` (+ `args.model_base`) as upstream's evaluation does, and set up pruned inference
-    when `args.pruning_ratio` is given (fails here, before any question is read, on a bad option)."""
+    """Load `args.model_path` (+ `args.model_base`) as upstream's evaluation does, and let the evaluation
+    extensions set it up (`llava.eval.extensions`; fails here, before any question is read, on a bad option)."""
     model_path = os.path.expanduser(args.model_path)
     model_name = get_model_name_from_path(model_path)
     with torch_init_disabled():
         tokenizer, model, image_processor, _ = load_pretrained_model(
             model_path, getattr(args, "model_base", None), model_name, device=getattr(args, "device", "cuda"))
-    setup_pruned_inference(model, args)
+    extensions.prepare(model, args)
     return EvalSession(tokenizer, model, image_processor, model_name, args)
 
 
@@ -80,14 +80,13 @@ def pad_sequences(sequences: List[torch.Tensor], pad_id: int, side: str = "left"
 
 def vision_inputs(session: EvalSession, images: List[Image.Image], instructions: Optional[List[str]] = None
                   ) -> Tuple[Any, List[Tuple[int, int]]]:
-    """(pixel values on the model's device and dtype, image sizes) of a batch of images; with pruned inference on,
-    also hands the bare questions to instruction-aware pruners."""
+    """(pixel values on the model's device and dtype, image sizes) of a batch of images; also hands the bare
+    questions to the evaluation extensions that read them."""
     model = session.model
     pixel_values = process_images(images, session.image_processor, model.config)
     pixel_values = [v.to(device=model.device, dtype=model.dtype) for v in pixel_values] \
         if isinstance(pixel_values, list) else pixel_values.to(device=model.device, dtype=model.dtype)
-    if getattr(session.args, "pruning_ratio", None) is not None:
-        model._dualspeed_instructions = instructions
+    extensions.on_batch(model, session.args, instructions)
     return pixel_values, [image.size for image in images]
 
 
@@ -107,7 +106,7 @@ def answer_batch(session: EvalSession, prompts: List[str], images: Optional[List
     device = model.device
     pixel_values, image_sizes = vision_inputs(session, images, instructions) if images is not None else (None, None)
     temperature = getattr(args, "temperature", 0.0)
-    with torch.inference_mode(), padding_side(model, "left"), setup_pruned_inference(model, args):
+    with torch.inference_mode(), padding_side(model, "left"), extensions.context(model, args):
         output_ids = model.generate(
             input_ids.to(device),
             attention_mask=mask.to(device),

@@ -11,8 +11,8 @@ of the model, so it ranks training recipes that generation cannot tell apart.
 `--shuffled-images` scores every question a second time with another question's image (a fixed derangement): the
 *visual information gain* is NLL(shuffled) - NLL(true), how much the image tells the model about the answer; the
 accuracy with shuffled images is the control that must stay near chance. Intervals are 95% bootstrap intervals
-over questions. Writes `OUT/choices.jsonl` (one row per question) and `OUT/summary.json`; pruned inference takes the
-flags of `llava.eval.pruned_inference`.
+over questions. Writes `OUT/choices.jsonl` (one row per question) and `OUT/summary.json`; evaluation extensions add
+their flags (`llava.eval.extensions`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from llava.eval.eval_io import read_jsonl
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from llava.eval.generation import EvalSession, load_for_eval, load_image, pad_sequences, padding_side, vision_inputs
 from llava.eval.intervals import bootstrap_ci
-from llava.eval.pruned_inference import add_pruning_arguments, setup_pruned_inference
+from llava.eval import extensions
 
 STYLES = {"capitalized": lambda c: c[:1].upper() + c[1:], "as-is": lambda c: c}
 
@@ -139,7 +139,7 @@ def score_file(args: argparse.Namespace) -> Dict:
     groups = batches_by_choice_count(rows, args.batch_size)
     model = session.model
     with tqdm(total=len(questions) * len(sources), desc="scoring choices") as progress, \
-            setup_pruned_inference(model, args):
+            extensions.context(model, args):
         for name, source in sources.items():
             for group in groups:
                 pil = [load_image(args.image_folder, questions[source[i]]["image"], questions[i]["question_id"])
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the image shuffle")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cuda", help="cuda (falls back to cpu when no GPU) or cpu")
-    add_pruning_arguments(p)
+    extensions.add_arguments(p)
     return p
 
 

@@ -1,7 +1,7 @@
 """Answer a LLaVA question file with a trained model (upstream flags); one JSON answer per line.
 
-Extras: `--batch-size` (left-padded batched generation, greedy answers equal to batch 1) and the pruned-inference
-flags of `llava.eval.pruned_inference`. Other evaluation runners reuse `load_for_eval`, `answer_batch` (from
+Extras: `--batch-size` (left-padded batched generation, greedy answers equal to batch 1) and the flags of the
+installed evaluation extensions (`llava.eval.extensions`). Other evaluation runners reuse `load_for_eval`, `answer_batch` (from
 `llava.eval.generation`, importable from here too), `build_prompt` and `batches`.
 """
 import argparse
@@ -18,7 +18,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import conv_templates
 from llava.eval.eval_io import read_jsonl
 from llava.eval.generation import EvalSession, answer_batch, load_for_eval, load_image  # noqa: F401  (reusable API)
-from llava.eval.pruned_inference import add_pruning_arguments
+from llava.eval import extensions
 
 
 def split_list(items: list, n: int) -> List[list]:
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="cuda", help="cuda (falls back to cpu when no GPU) or cpu")
     p.add_argument("--batch-size", type=int, default=1,
                    help="Questions per generate call (left-padded); greedy answers equal those of batch 1.")
-    add_pruning_arguments(p)
+    extensions.add_arguments(p)
     return p
 
 

@@ -8,7 +8,7 @@ The prompt is the hint (when present), the question and "A. option" lines; `--si
 instruction to answer with a letter (in Chinese with `--lang cn`). `--all-rounds` asks each row once per option,
 rotating the options over fixed letters (round r shows option (j + r) mod n at letter j). Answer lines carry
 question_id (the row index), round_id, prompt, options (as shown) and option_char. Also takes `model_vqa_loader`'s
-`--batch-size`, `--device` and the pruned-inference flags.
+`--batch-size`, `--device` and the evaluation extensions' flags.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 
 The question file is LLaVA's ScienceQA conversion: a JSON list of {"id", "image" (optional), "conversations":
 [{"from": "human", "value": question with choices}, ...]}. Also takes `model_vqa_loader`'s `--batch-size`,
-`--device` and the pruned-inference flags (`--pruning-ratio --vtp-method --use-mode-isolator`).
+`--device` and the evaluation extensions' flags.
 """
 from __future__ import annotations
 

@@ -169,15 +169,30 @@ def _as_dtype(value, device: str):
     return resolved
 
 
-# Trainable weights that only matter during training (or to an opt-in evaluation mode) and are not part of a plain
-# LLaVA model: the DualSpeed mode isolator. Loading skips them, saying so.
-TRAINING_ONLY_KEYS = ("mode_isolator",)
+# Config field listing name fragments of weights a method built on LLaVA added for training (and opt-in evaluation
+# modes) that plain LLaVA inference does not use; the method records it in the config it saves. Loading skips them.
+TRAINING_ONLY_FIELD = "training_only_modules"
+
+
+def training_only_keys(config) -> tuple:
+    """The training-only name fragments a model config (object, dict, or a checkpoint directory) declares."""
+    if isinstance(config, str):
+        path = os.path.join(config, "config.json")
+        if not os.path.isfile(path):
+            return ()
+        import json
+
+        with open(path) as f:
+            config = json.load(f)
+    value = config.get(TRAINING_ONLY_FIELD) if isinstance(config, dict) else getattr(config, TRAINING_ONLY_FIELD, None)
+    return tuple(value or ())
 
 
 def _load_partial(model, weights: dict, source: str) -> None:
     """Load a subset of the weights; every other key in the file must exist in the model (nothing silently dropped)."""
     model_keys = set(model.state_dict())
-    skipped = [k for k in weights if k not in model_keys and any(t in k for t in TRAINING_ONLY_KEYS)]
+    extra = training_only_keys(model.config)
+    skipped = [k for k in weights if k not in model_keys and any(t in k for t in extra)]
     if skipped:
         print(f"{source}: not loading training-only weights {skipped} (plain LLaVA inference does not use them)")
     _, unexpected = model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
@@ -186,36 +201,39 @@ def _load_partial(model, weights: dict, source: str) -> None:
 
 
 def read_training_only_weights(model_path: str) -> tuple[dict, Optional[str]]:
-    """The training-only weights (`TRAINING_ONLY_KEYS`, e.g. the DualSpeed mode isolator) a checkpoint holds.
+    """The training-only weights (those its config's `training_only_modules` names) a checkpoint holds.
 
-    `load_pretrained_model` skips them because plain inference does not use them; an opt-in evaluation mode
-    (pruned inference with the isolator) reads them here. Looked up, first hit wins, in: `<key>.bin` files
-    (written beside the adapter / projector, e.g. `mode_isolator.bin`), `non_lora_trainables.bin` (LoRA runs),
-    and the model's own safetensors (full or merged checkpoints; only the matching tensors are read).
-    Returns ({key without peft prefix: tensor}, the file they came from), or ({}, None) when none is stored.
+    `load_pretrained_model` skips them because plain inference does not use them; an opt-in evaluation mode reads
+    them here. Looked up, first hit wins, in: `<name>.bin` files (written beside the adapter / projector),
+    `non_lora_trainables.bin` (LoRA runs), and the model's own safetensors (full or merged checkpoints; only the
+    matching tensors are read). Returns ({key without peft prefix: tensor}, the file they came from), or
+    ({}, None) when none is stored.
     """
-    candidates = [os.path.join(model_path, f"{key}.bin") for key in TRAINING_ONLY_KEYS]
+    keys = training_only_keys(model_path)
+    if not keys:
+        return {}, None
+    candidates = [os.path.join(model_path, f"{key}.bin") for key in keys]
     candidates.append(os.path.join(model_path, "non_lora_trainables.bin"))
     for path in candidates:
         if os.path.isfile(path):
-            found = _training_only(load_projector_weights(path))
+            found = _training_only(load_projector_weights(path), keys)
             if found:
                 return found, path
     for path in _safetensors_files(model_path):
         from safetensors import safe_open
 
         with safe_open(path, framework="pt", device="cpu") as f:
-            found = _training_only({k: None for k in f.keys()})
+            found = _training_only({k: None for k in f.keys()}, keys)
             if found:
                 return {k: f.get_tensor(k) for k in found}, path
     return {}, None
 
 
-def _training_only(weights: dict) -> dict:
-    """The entries of `weights` that are training-only, keyed like the bare LLaVA model (`model.<name>...`)."""
+def _training_only(weights: dict, keys: tuple) -> dict:
+    """The entries of `weights` named by `keys`, keyed like the bare LLaVA model (`model.<name>...`)."""
     picked = {}
     for key, value in weights.items():
-        if not any(t in key for t in TRAINING_ONLY_KEYS):
+        if not any(t in key for t in keys):
             continue
         name = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
         picked[name] = value

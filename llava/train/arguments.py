@@ -34,7 +34,7 @@ class DataArguments:
     # Filled in by train() from the model arguments (init=False keeps them off the command line).
     conv_version: Optional[str] = field(default=None, init=False)
     mm_use_im_start_end: bool = field(default=False, init=False)
-    # Set by methods whose token selection reads the instruction (e.g. DualSpeed with CDPruner).
+    # Set by methods whose visual-token selection reads the instruction (instruction-aware pruners).
     carry_instructions: bool = field(default=False, init=False)
 
 

@@ -30,7 +30,7 @@ MM_ADAPTER_KEYS: tuple[str, ...] = ("mm_projector", "vision_resampler")
 IM_START_END_KEYS: tuple[str, ...] = ("embed_tokens", "embed_in")
 
 # File name -> name fragments of the parameters it holds. Other packages register their own trainable modules
-# here (e.g. dualspeed_patch adds {"mode_isolator.bin": ["mode_isolator"]}); each registered file is written
+# here (e.g. {"adapter_extra.bin": ["adapter_extra"]}); each registered file is written
 # wherever mm_projector.bin or non_lora_trainables.bin is written, and read back when resuming.
 EXTRA_TRAINABLE_FILES: dict[str, list[str]] = {}
 

@@ -36,8 +36,16 @@ from llava.train.checkpoint import (
 
 logger = logging.getLogger(__name__)
 
-# Parameters whose name contains one of these get --mm_projector_lr instead of --learning_rate.
-MULTIMODAL_LR_KEYS: tuple[str, ...] = ("mm_projector", "mode_isolator")
+# Parameters whose name contains one of these get --mm_projector_lr instead of --learning_rate; so do the
+# multimodal modules other packages register in EXTRA_TRAINABLE_FILES (`multimodal_lr_keys`).
+MULTIMODAL_LR_KEYS: tuple[str, ...] = ("mm_projector",)
+
+
+def multimodal_lr_keys() -> tuple[str, ...]:
+    """Name fragments of the parameters trained at --mm_projector_lr: the projector and every registered extra
+    trainable module (modules a method adds beside the projector, saved beside it)."""
+    extra = [key for keys in EXTRA_TRAINABLE_FILES.values() for key in keys]
+    return tuple(dict.fromkeys((*MULTIMODAL_LR_KEYS, *extra)))
 
 _MODEL_WEIGHT_FILES = (
     WEIGHTS_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME,
@@ -148,13 +156,14 @@ class LengthGroupedSampler(Sampler[int]):
 
 def build_param_groups(named_params: Iterable[tuple[str, nn.Parameter]], decay_names: Iterable[str],
                        weight_decay: float, multimodal_lr: float | None,
-                       multimodal_keys: Sequence[str] = MULTIMODAL_LR_KEYS) -> list[dict[str, Any]]:
+                       multimodal_keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Optimizer groups: (decay, no decay) x (rest, multimodal at ``multimodal_lr``); only trainable params.
 
     A parameter decays when it is in ``decay_names`` and has >= 2 dims (biases, norms and vectors never decay).
     With ``multimodal_lr`` None everything is "rest". Empty groups are dropped.
     """
     decay_names = set(decay_names)
+    multimodal_keys = multimodal_lr_keys() if multimodal_keys is None else multimodal_keys
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {(d, m): [] for m in (False, True) for d in (True, False)}
     for name, param in named_params:
         if not param.requires_grad:
@@ -185,7 +194,7 @@ class LLaVATrainer(transformers.Trainer):
     """
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        """Trainer.log plus the metrics of callbacks that offer them (`pop_metrics()`, e.g. DualSpeed's loss terms)."""
+        """Trainer.log plus the metrics of callbacks that offer them (`pop_metrics()`, e.g. a method's loss terms)."""
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "pop_metrics"):
                 logs.update(callback.pop_metrics())
@@ -211,7 +220,7 @@ class LLaVATrainer(transformers.Trainer):
         )
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer, with MULTIMODAL_LR_KEYS params at --mm_projector_lr when that flag is set."""
+        """Trainer's optimizer, with `multimodal_lr_keys()` params at --mm_projector_lr when that flag is set."""
         if self.args.mm_projector_lr is None or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model

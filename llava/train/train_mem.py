@@ -13,7 +13,7 @@ from llava.train.train import train
 
 def main(train_fn: Callable[[], object] = train) -> None:
     """Run one training stage as a launched process: a data error exits with one line, a finished run closes
-    the process group (DualSpeed's entry point passes its own `train`)."""
+    the process group (a method built on LLaVA passes its own `train`)."""
     try:
         train_fn()
     except DataError as exc:
