@@ -12,7 +12,6 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import dualspeed_patch.patch as patch  # noqa: E402
 from dualspeed_patch import DualSpeedArguments  # noqa: E402
-from dualspeed_patch.isolator import attach_isolator  # noqa: E402
-from dualspeed_patch.modes import ModeSchedule  # noqa: E402
-from dualspeed_patch.state import state_of  # noqa: E402
+from dualspeed_patch.state import attach  # noqa: E402
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 from llava.mm_utils import process_images  # noqa: E402
 
@@ -47,11 +44,8 @@ def build_model(world: Path):
     config.image_aspect_ratio, config.image_grid_pinpoints = "anyres", PINPOINTS
     config.tokenizer_model_max_length, config.tokenizer_padding_side = 4096, "right"
     patch.apply()
-    state_of(model).args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attach_isolator(model, 4, announce=False)
-    state_of(model).schedule = ModeSchedule(0, 0.0)  # r = 0: every step is a fast step
+    attach(model, DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=0.0), seed=0,
+           announce=False)  # r = 0: every step is a fast step
     return model.train()
 
 

@@ -19,9 +19,7 @@ from common import build_model  # noqa: E402
 
 import dualspeed_patch.patch as patch  # noqa: E402
 from dualspeed_patch import DualSpeedArguments  # noqa: E402
-from dualspeed_patch.isolator import attach_isolator  # noqa: E402
-from dualspeed_patch.modes import ModeSchedule  # noqa: E402
-from dualspeed_patch.state import state_of  # noqa: E402
+from dualspeed_patch.state import attach, state_of  # noqa: E402
 from dualspeed_patch import step as ds_step  # noqa: E402
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 
@@ -38,9 +36,7 @@ def main() -> None:
     a = p.parse_args()
     model, image = build_model(int(a.visual ** 0.5), a.hidden, a.layers, seed=0)
     patch.apply()
-    state_of(model).args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=1.0)
-    attach_isolator(model, 4, announce=False)
-    state_of(model).schedule = ModeSchedule(0, 1.0)
+    attach(model, DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=1.0), seed=0, announce=False)
     model.train()
 
     ids = torch.randint(3, 4000, (a.batch, a.text))

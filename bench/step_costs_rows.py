@@ -22,7 +22,7 @@ from dualspeed_patch.fitprune_recipe import fit_recipe, prepare_batch  # noqa: E
 from dualspeed_patch.llm_flops import LlmShape, flops_ratio  # noqa: E402
 from dualspeed_patch.modes import ModeSchedule  # noqa: E402
 from dualspeed_patch.pruners import available_pruners, check_inputs, effective_keep, prune_indices, register_pruner  # noqa: E402
-from dualspeed_patch.state import state_of  # noqa: E402
+from dualspeed_patch.state import load_recipe, state_of  # noqa: E402
 from dualspeed_patch import inputs as ds_inputs  # noqa: E402
 
 ORACLE_PRUNER = "bench_first_k"
@@ -92,9 +92,12 @@ def step_rows(a: argparse.Namespace, llava: torch.nn.Module, step_model: torch.n
             patch.apply()
 
     def dualspeed_step(args: DualSpeedArguments):
+        state = state_of(llava)
+        recipe = load_recipe(llava, args)  # read and checked once, outside the timed step
+
         def run():
-            state_of(llava).args = args
-            state_of(llava).schedule = ModeSchedule(a.seed, args.slow_mode_ratio)  # ratio 0: fast, 1: slow
+            state.args, state.recipe = args, recipe
+            state.schedule = ModeSchedule(a.seed, args.slow_mode_ratio)  # ratio 0: fast, 1: slow
             train_step()
         return run
 

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import dualspeed_patch.patch as patch
-from dualspeed_patch import DualSpeedArguments, kept_tokens
-from dualspeed_patch.isolator import attach_isolator, get_isolator
+from dualspeed_patch import DualSpeedArguments, attach, kept_tokens
+from dualspeed_patch.isolator import get_isolator
 from dualspeed_patch.pruners import divprune_select
 
 from .context import ISOLATOR_LEN, PRUNING_RATIO, Context
@@ -100,11 +100,10 @@ def fast_mode(ctx: Context) -> str:
     right after the text prefix, kept tokens = DivPrune's choice, answer labels in place), leaves the text-only
     sample alone, and pruned mode gives text + K."""
     model, b = ctx.model, ctx.batch
-    model._dualspeed_args = DualSpeedArguments(dualspeed=True, pruning_ratio=PRUNING_RATIO, slow_mode_ratio=0.5,
-                                               mode_isolator_len=ISOLATOR_LEN)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        attach_isolator(model, ISOLATOR_LEN)
+        attach(model, DualSpeedArguments(dualspeed=True, pruning_ratio=PRUNING_RATIO, slow_mode_ratio=0.5,
+                                         mode_isolator_len=ISOLATOR_LEN), seed=0)
     n = model.get_vision_tower().num_patches
     k = kept_tokens(n, PRUNING_RATIO)
     with patch.visual_mode(model, patch.FAST):

@@ -10,9 +10,11 @@ import torch
 import transformers
 
 import dualspeed_patch.patch as patch
+from dualspeed_patch import step as ds_step
 from dualspeed_patch.callback import DualSpeedCallback, DualSpeedMetrics
 from dualspeed_patch.isolator import get_isolator
 from dualspeed_patch.modes import ModeSchedule
+from dualspeed_patch.state import state_of
 
 from .context import Context
 from .helpers import fast_and_slow_steps
@@ -22,12 +24,12 @@ def train_fast(ctx: Context) -> str:
     """Proves a training forward at a fast step of the schedule gives a finite loss whose backward reaches both
     the mode isolator and the projector. Records the first slow step for `train_slow`."""
     model, b = ctx.model, ctx.batch
-    model._dualspeed_schedule = ModeSchedule(seed=0, slow_ratio=0.5)
-    fast, slow = fast_and_slow_steps(model._dualspeed_schedule)
+    state_of(model).schedule = ModeSchedule(seed=0, slow_ratio=0.5)
+    fast, slow = fast_and_slow_steps(state_of(model).schedule)
     ctx.slow_step = slow
     model.train()
     model.zero_grad(set_to_none=True)
-    model._dualspeed_schedule.at(fast)
+    state_of(model).schedule.at(fast)
     out = model(**b)
     assert torch.isfinite(out.loss), f"fast loss {out.loss}"
     out.loss.backward()
@@ -44,7 +46,7 @@ def train_slow(ctx: Context) -> str:
     model, b = ctx.model, ctx.batch
     model.train()
     model.zero_grad(set_to_none=True)
-    model._dualspeed_schedule.at(ctx.slow_step)
+    state_of(model).schedule.at(ctx.slow_step)
     seen = []
     hook = model.get_model().register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state.requires_grad))
     try:
@@ -64,11 +66,11 @@ def slow_student_matches_upstream(ctx: Context) -> str:
     """Proves the slow step's loss with distillation off (alpha = 0) is exactly upstream's own forward loss (patch
     removed), and its KL term is non-negative."""
     arch, model, b = ctx.arch, ctx.model.eval(), ctx.batch
-    args = model._dualspeed_args
+    args = state_of(model).args
     alpha = args.distill_alpha
     args.distill_alpha = 0.0
     try:
-        loss, metrics = patch.slow_step(model, b["input_ids"], b["attention_mask"], b["labels"], b["images"])
+        loss, metrics = ds_step.slow_step(model, state_of(model), b["input_ids"], b["attention_mask"], b["labels"], b["images"])
     finally:
         args.distill_alpha = alpha
     patch.remove(arch)
@@ -88,7 +90,8 @@ def trainer_steps(ctx: Context) -> str:
     says, and the training loss is finite."""
     model, b = ctx.model.train(), ctx.batch
     schedule, metrics = ModeSchedule(seed=3, slow_ratio=0.5), DualSpeedMetrics()
-    model._dualspeed_schedule, model._dualspeed_metrics = schedule, metrics
+    state = state_of(model)
+    state.schedule, state.metrics = schedule, metrics
     seen = []
     hook = model.register_forward_pre_hook(lambda m, a: seen.append((schedule.global_step, schedule.micro_step)))
     rows = [{k: v[i] for k, v in b.items()} for i in range(2)]
