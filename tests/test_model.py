@@ -194,3 +194,21 @@ def test_select_best_resolution_follows_the_anyres_rule_and_is_shared_with_the_p
     with pytest.raises(ValueError, match="candidate"):
         select_best_resolution((10, 10), [])
     assert patch_anyres.select_best_resolution is select_best_resolution
+
+
+def test_initialize_vision_tokenizer_adds_image_tokens_at_the_mean(tiny_llava, tiny_clip_path, tiny_tokenizer):
+    import copy
+
+    from tests.conftest import make_model_args
+
+    model, tokenizer = tiny_llava, copy.deepcopy(tiny_tokenizer)
+    before = len(tokenizer)
+    args = make_model_args(tiny_clip_path, mm_use_im_patch_token=True, mm_use_im_start_end=True,
+                           tune_mm_mlp_adapter=True)
+    model.requires_grad_(False)
+    model.initialize_vision_tokenizer(args, tokenizer)
+    assert len(tokenizer) == before + 3 and model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    for emb in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        torch.testing.assert_close(emb[-2:], emb[:-2].mean(dim=0, keepdim=True).expand(2, -1))
+    assert model.get_input_embeddings().weight.requires_grad
+    assert not model.get_output_embeddings().weight.requires_grad

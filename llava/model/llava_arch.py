@@ -219,35 +219,52 @@ class LlavaMetaForCausalLM(ABC):
         )
 
     def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
-        """Add <im_patch> / <im_start>,<im_end> tokens when requested and size the embeddings to match."""
+        """Add the image tokens the flags ask for and size the embeddings to match.
+
+        `mm_use_im_patch_token` adds <im_patch>; `mm_use_im_start_end` adds <im_start>/<im_end>, whose new rows
+        start at the mean embedding, train on the input side during stage 1 (`tune_mm_mlp_adapter`), and are
+        taken from `pretrain_mm_mlp_adapter` when that file holds `model.embed_tokens.weight`.
+        """
         if model_args.mm_use_im_patch_token:
-            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
-            self.resize_token_embeddings(len(tokenizer))
+            self._add_special_tokens(tokenizer, [DEFAULT_IMAGE_PATCH_TOKEN])
         if not model_args.mm_use_im_start_end:
             return
-        num_new = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-        self.resize_token_embeddings(len(tokenizer))
+        num_new = self._add_special_tokens(tokenizer, [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN])
         if num_new > 0:
-            for emb in (self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data):
-                emb[-num_new:] = emb[:-num_new].mean(dim=0, keepdim=True)
+            self._start_rows_at_mean(num_new)
         if model_args.tune_mm_mlp_adapter:
             self.get_input_embeddings().requires_grad_(True)
             self.get_output_embeddings().requires_grad_(False)
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter:
-            weights = load_projector_weights(adapter)
-            embed = weights.get("model.embed_tokens.weight")
-            if embed is not None:
-                target = self.get_input_embeddings().weight.data
-                if embed.shape == target.shape:
-                    target.copy_(embed)
-                elif embed.shape[0] == num_new:
-                    target[-num_new:] = embed
-                else:
-                    raise ValueError(
-                        f"{adapter}: embed_tokens has shape {tuple(embed.shape)}; expected {tuple(target.shape)} "
-                        f"or {num_new} new rows"
-                    )
+            self._load_adapter_embeddings(adapter, num_new)
+
+    def _add_special_tokens(self, tokenizer, tokens) -> int:
+        """Add `tokens` as special tokens and resize the embeddings to the tokenizer; returns how many were new."""
+        added = tokenizer.add_tokens(tokens, special_tokens=True)
+        self.resize_token_embeddings(len(tokenizer))
+        return added
+
+    def _start_rows_at_mean(self, num_new: int) -> None:
+        """Set the last `num_new` input and output embedding rows to the mean of the rows before them."""
+        for matrix in (self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data):
+            matrix[-num_new:] = matrix[:-num_new].mean(dim=0, keepdim=True)
+
+    def _load_adapter_embeddings(self, path: str, num_new: int) -> None:
+        """Copy `model.embed_tokens.weight` from a stage-1 file: the whole matrix, or just the new rows."""
+        saved = load_projector_weights(path).get("model.embed_tokens.weight")
+        if saved is None:
+            return
+        target = self.get_input_embeddings().weight.data
+        if saved.shape == target.shape:
+            target.copy_(saved)
+        elif saved.shape[0] == num_new:
+            target[-num_new:] = saved
+        else:
+            raise ValueError(
+                f"{path}: embed_tokens has shape {tuple(saved.shape)}; expected {tuple(target.shape)} "
+                f"or {num_new} new rows"
+            )
 
 
 def pad_multimodal_batch(embeds, labels, position_ids, attention_mask, orig_labels, past_key_values, padding_side="right"):
