@@ -3,7 +3,7 @@
 The patch must run on upstream LLaVA too, which has no reusable packing helper, so this module rebuilds the
 packing from the SPEC §4 interface alone: `config.mm_patch_merge_type`, `config.image_aspect_ratio`,
 `config.image_grid_pinpoints`, `get_model().image_newline`, `get_vision_tower().config.image_size` and
-`.num_patches_per_side`. It reproduces upstream LLaVA's sequences exactly (base view, tiles stitched into one
+`.num_patches_per_side`, plus `llava.mm_utils.select_best_resolution` (in upstream LLaVA as here) for the grid. It reproduces upstream LLaVA's sequences exactly (base view, tiles stitched into one
 grid read row by row, the letterbox crop of "spatial_unpad" and a newline after every grid row).
 
 Packing is expressed as an index map rather than as reshapes: for every image, `image_layout` lists which row of
@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+
+# Upstream LLaVA has the same function (name, arguments and choice), so the patch runs on either.
+from llava.mm_utils import select_best_resolution
 
 NEWLINE = -1  # layout entry of a newline slot
 PAD = -2  # index-map entry of a padding slot (beyond an image's packed length)
@@ -75,25 +78,11 @@ def packing_settings(model) -> PackingSettings:
     )
 
 
-def best_resolution(image_size: tuple, candidates: Sequence[tuple]) -> tuple:
-    """Upstream's choice of anyres resolution: most original pixels kept after an aspect-preserving fit, then
-    the least wasted area."""
-    width, height = image_size
-    best, best_kept, best_waste = None, -1, None
-    for cand_w, cand_h in candidates:
-        scale = min(cand_w / width, cand_h / height)
-        kept = min(int(width * scale) * int(height * scale), width * height)
-        waste = cand_w * cand_h - kept
-        if kept > best_kept or (kept == best_kept and waste < best_waste):
-            best, best_kept, best_waste = (cand_w, cand_h), kept, waste
-    return best
-
-
 def grid_shape(image_size: tuple, settings: PackingSettings) -> tuple:
     """(columns, rows) of tiles the data pipeline cut from an image of image_size (width, height)."""
     if not settings.pinpoints:
         raise ValueError("image_aspect_ratio 'anyres' needs config.image_grid_pinpoints")
-    cand_w, cand_h = best_resolution(image_size, settings.pinpoints)
+    cand_w, cand_h = select_best_resolution(image_size, settings.pinpoints)
     return cand_w // settings.tile_px, cand_h // settings.tile_px
 
 

@@ -49,17 +49,24 @@ def parse_grid_pinpoints(grid_pinpoints: Union[str, Sequence[Sequence[int]]]) ->
     return pairs
 
 
-def select_best_resolution(original_size: Resolution, possible_resolutions: Sequence[Resolution]) -> Resolution:
-    """The candidate that keeps the most of the image's pixels after an aspect-preserving fit, then wastes the least."""
+def fit_score(original_size: Resolution, candidate: Resolution) -> Tuple[int, int]:
+    """How well `candidate` holds an image of original_size, as a key to maximise: (pixels of the image kept
+    after an aspect-preserving resize into the candidate, capped at the original count; minus the candidate's
+    pixels left unused)."""
     orig_w, orig_h = original_size
-    best, best_effective, best_wasted = None, -1, float("inf")
-    for width, height in possible_resolutions:
-        scale = min(width / orig_w, height / orig_h)
-        effective = min(int(orig_w * scale) * int(orig_h * scale), orig_w * orig_h)
-        wasted = width * height - effective
-        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
-            best, best_effective, best_wasted = (width, height), effective, wasted
-    return best
+    cand_w, cand_h = candidate
+    scale = min(cand_w / orig_w, cand_h / orig_h)
+    kept = min(int(orig_w * scale) * int(orig_h * scale), orig_w * orig_h)
+    return kept, -(cand_w * cand_h - kept)
+
+
+def select_best_resolution(original_size: Resolution, possible_resolutions: Sequence[Resolution]) -> Resolution:
+    """The (width, height) candidate that keeps the most of the image's pixels after an aspect-preserving fit,
+    then wastes the least; the first listed wins a tie (the anyres grid choice of LLaVA-NeXT)."""
+    candidates = [(width, height) for width, height in possible_resolutions]
+    if not candidates:
+        raise ValueError("select_best_resolution needs at least one candidate resolution")
+    return max(candidates, key=lambda candidate: fit_score(original_size, candidate))
 
 
 def resize_and_pad_image(image: Image.Image, target_resolution: Resolution) -> Image.Image:

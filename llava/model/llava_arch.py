@@ -16,6 +16,17 @@ from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
 
 
+# Config fields `initialize_vision_modules` records, read from the model arguments: (field, default). A default of
+# REQUIRED means the arguments must carry the field; the others fall back as LLaVA's scripts expect.
+REQUIRED = object()
+VISION_CONFIG_FIELDS = (
+    ("mm_projector_type", "linear"),
+    ("mm_vision_select_layer", REQUIRED),
+    ("mm_vision_select_feature", REQUIRED),
+    ("mm_patch_merge_type", "flat"),
+)
+
+
 def load_projector_weights(path: str) -> dict:
     """Read an `mm_projector.bin`-style file safely (safetensors or `torch.load(weights_only=True)`)."""
     if path.endswith(".safetensors"):
@@ -27,7 +38,25 @@ def load_projector_weights(path: str) -> dict:
 
 def strip_prefix(weights: dict, keyword: str) -> dict:
     """{'model.mm_projector.0.weight': w} -> {'0.weight': w} for keyword 'mm_projector'."""
-    return {k.split(keyword + ".", 1)[1]: v for k, v in weights.items() if keyword + "." in k}
+    marker = keyword + "."
+    return {name.partition(marker)[2]: value for name, value in weights.items() if marker in name}
+
+
+def vision_config_values(model_args) -> dict:
+    """The VISION_CONFIG_FIELDS values of `model_args`, rejecting arguments that lack a required one."""
+    values = {}
+    for field, default in VISION_CONFIG_FIELDS:
+        value = getattr(model_args, field, default)
+        if value is REQUIRED:
+            raise ValueError(f"model arguments {type(model_args).__name__} have no {field!r}, which the vision "
+                             f"tower needs (e.g. --{field})")
+        values[field] = value
+    return values
+
+
+def needs_image_newline(config) -> bool:
+    """Whether the merge type ends grid rows with the learned `image_newline` vector ("spatial_unpad")."""
+    return "unpad" in (getattr(config, "mm_patch_merge_type", "") or "")
 
 
 class LlavaMetaModel:
@@ -35,6 +64,10 @@ class LlavaMetaModel:
 
     `image_newline` is a bare parameter read outside this module's forward; see `llava.model.anyres` for why
     ZeRO-3 keeps it whole (stage3_param_persistence_threshold).
+
+    Two ways in: a saved LLaVA config (with `mm_vision_tower`) builds the modules empty at construction, for the
+    checkpoint to fill (the tower's weights load later, `delay_load`); `initialize_vision_modules` adds them to a
+    plain LLM from the training arguments, or completes modules that construction left unloaded.
     """
 
     def __init__(self, config):
@@ -42,51 +75,67 @@ class LlavaMetaModel:
         if hasattr(config, "mm_vision_tower"):
             self.vision_tower = build_vision_tower(config, delay_load=True)
             self.mm_projector = build_vision_projector(config)
-            if "unpad" in getattr(config, "mm_patch_merge_type", ""):
+            if needs_image_newline(config):
                 self.image_newline = nn.Parameter(torch.empty(config.hidden_size, dtype=self.dtype))
 
     def get_vision_tower(self):
-        vision_tower = getattr(self, "vision_tower", None)
-        if type(vision_tower) is list:  # FSDP keeps it out of the module tree
-            vision_tower = vision_tower[0]
-        return vision_tower
+        """The vision tower, or None; under FSDP it is kept in a one-element list, outside the module tree."""
+        tower = getattr(self, "vision_tower", None)
+        return tower[0] if isinstance(tower, list) else tower
 
     def initialize_vision_modules(self, model_args, fsdp=None) -> None:
-        """Attach (or reload) the vision tower, build the projector, optionally load pretrained projector weights."""
+        """Attach (or load) the vision tower, record the vision settings in the config, make sure the projector
+        (and, for "spatial_unpad", `image_newline`) exist and train, and load `pretrain_mm_mlp_adapter` if given."""
+        settings = vision_config_values(model_args)
         self.config.mm_vision_tower = model_args.vision_tower
-        vision_tower = self.get_vision_tower()
-        if vision_tower is None:
-            vision_tower = build_vision_tower(model_args)
-            self.vision_tower = [vision_tower] if fsdp is not None and len(fsdp) > 0 else vision_tower
-        else:
-            vision_tower.load_model()
-
+        tower = self._ready_vision_tower(model_args, hide_from_module_tree=bool(fsdp))
         self.config.use_mm_proj = True
-        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
-        self.config.mm_hidden_size = vision_tower.hidden_size
-        self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
-        self.config.mm_vision_select_feature = model_args.mm_vision_select_feature
-        self.config.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", "flat")
+        self.config.mm_hidden_size = tower.hidden_size
+        for field, value in settings.items():
+            setattr(self.config, field, value)
+        self._ready_projector()
+        if needs_image_newline(self.config):
+            self._ready_image_newline()
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter is not None:
+            self._load_projector_adapter(adapter)
 
+    def _ready_vision_tower(self, model_args, hide_from_module_tree: bool):
+        """Load the tower built at construction, or build a loaded one from `model_args`.
+
+        A new tower goes into a one-element list under FSDP, so FSDP does not wrap the frozen encoder."""
+        tower = self.get_vision_tower()
+        if tower is not None:
+            tower.load_model()
+            return tower
+        tower = build_vision_tower(model_args)
+        self.vision_tower = [tower] if hide_from_module_tree else tower
+        return tower
+
+    def _ready_projector(self) -> None:
+        """Build the projector from the config, or re-enable gradients of an existing one (a LoRA setup may have
+        frozen it)."""
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)
         else:
-            self.mm_projector.requires_grad_(True)  # may have been frozen by an earlier LoRA setup
-        if "unpad" in self.config.mm_patch_merge_type:
-            if getattr(self, "image_newline", None) is None:
-                std = 1 / math.sqrt(self.config.hidden_size)
-                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
-            self.image_newline.requires_grad_(True)  # trained with the projector (LoRA setups freeze what exists)
+            self.mm_projector.requires_grad_(True)
 
-        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
-        if adapter is not None:
-            weights = strip_prefix(load_projector_weights(adapter), "mm_projector")
-            missing, unexpected = self.mm_projector.load_state_dict(weights, strict=False)
-            if missing or unexpected:
-                raise ValueError(
-                    f"{adapter}: projector weights do not fit mm_projector_type={self.config.mm_projector_type!r} "
-                    f"(missing {missing}, unexpected {unexpected})"
-                )
+    def _ready_image_newline(self) -> None:
+        """Create `image_newline` (normal, std 1/sqrt(hidden)) if missing; it trains with the projector."""
+        if getattr(self, "image_newline", None) is None:
+            hidden = self.config.hidden_size
+            self.image_newline = nn.Parameter(torch.randn(hidden, dtype=self.dtype) * (1 / math.sqrt(hidden)))
+        self.image_newline.requires_grad_(True)
+
+    def _load_projector_adapter(self, path: str) -> None:
+        """Load stage-1 projector weights (keys `...mm_projector.<name>`); they must fit the projector exactly."""
+        weights = strip_prefix(load_projector_weights(path), "mm_projector")
+        missing, unexpected = self.mm_projector.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: projector weights do not fit mm_projector_type={self.config.mm_projector_type!r} "
+                f"(missing {missing}, unexpected {unexpected})"
+            )
 
 
 class LlavaMetaForCausalLM(ABC):
@@ -170,35 +219,52 @@ class LlavaMetaForCausalLM(ABC):
         )
 
     def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
-        """Add <im_patch> / <im_start>,<im_end> tokens when requested and size the embeddings to match."""
+        """Add the image tokens the flags ask for and size the embeddings to match.
+
+        `mm_use_im_patch_token` adds <im_patch>; `mm_use_im_start_end` adds <im_start>/<im_end>, whose new rows
+        start at the mean embedding, train on the input side during stage 1 (`tune_mm_mlp_adapter`), and are
+        taken from `pretrain_mm_mlp_adapter` when that file holds `model.embed_tokens.weight`.
+        """
         if model_args.mm_use_im_patch_token:
-            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
-            self.resize_token_embeddings(len(tokenizer))
+            self._add_special_tokens(tokenizer, [DEFAULT_IMAGE_PATCH_TOKEN])
         if not model_args.mm_use_im_start_end:
             return
-        num_new = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-        self.resize_token_embeddings(len(tokenizer))
+        num_new = self._add_special_tokens(tokenizer, [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN])
         if num_new > 0:
-            for emb in (self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data):
-                emb[-num_new:] = emb[:-num_new].mean(dim=0, keepdim=True)
+            self._start_rows_at_mean(num_new)
         if model_args.tune_mm_mlp_adapter:
             self.get_input_embeddings().requires_grad_(True)
             self.get_output_embeddings().requires_grad_(False)
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter:
-            weights = load_projector_weights(adapter)
-            embed = weights.get("model.embed_tokens.weight")
-            if embed is not None:
-                target = self.get_input_embeddings().weight.data
-                if embed.shape == target.shape:
-                    target.copy_(embed)
-                elif embed.shape[0] == num_new:
-                    target[-num_new:] = embed
-                else:
-                    raise ValueError(
-                        f"{adapter}: embed_tokens has shape {tuple(embed.shape)}; expected {tuple(target.shape)} "
-                        f"or {num_new} new rows"
-                    )
+            self._load_adapter_embeddings(adapter, num_new)
+
+    def _add_special_tokens(self, tokenizer, tokens) -> int:
+        """Add `tokens` as special tokens and resize the embeddings to the tokenizer; returns how many were new."""
+        added = tokenizer.add_tokens(tokens, special_tokens=True)
+        self.resize_token_embeddings(len(tokenizer))
+        return added
+
+    def _start_rows_at_mean(self, num_new: int) -> None:
+        """Set the last `num_new` input and output embedding rows to the mean of the rows before them."""
+        for matrix in (self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data):
+            matrix[-num_new:] = matrix[:-num_new].mean(dim=0, keepdim=True)
+
+    def _load_adapter_embeddings(self, path: str, num_new: int) -> None:
+        """Copy `model.embed_tokens.weight` from a stage-1 file: the whole matrix, or just the new rows."""
+        saved = load_projector_weights(path).get("model.embed_tokens.weight")
+        if saved is None:
+            return
+        target = self.get_input_embeddings().weight.data
+        if saved.shape == target.shape:
+            target.copy_(saved)
+        elif saved.shape[0] == num_new:
+            target[-num_new:] = saved
+        else:
+            raise ValueError(
+                f"{path}: embed_tokens has shape {tuple(saved.shape)}; expected {tuple(target.shape)} "
+                f"or {num_new} new rows"
+            )
 
 
 def pad_multimodal_batch(embeds, labels, position_ids, attention_mask, orig_labels, past_key_values, padding_side="right"):

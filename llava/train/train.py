@@ -99,59 +99,94 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, at
     return model
 
 
+# LoraConfig field -> the TrainingArguments flag that sets it.
+LORA_CONFIG_FLAGS = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "bias": "lora_bias"}
+
+
+def half_precision_of(args: TrainingArguments) -> Optional[torch.dtype]:
+    """bf16 or fp16 when mixed precision is on, else None."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+
+
+def lora_config_for(model, training_args: TrainingArguments):
+    """A causal-LM LoraConfig from the --lora_* flags, targeting every Linear of the LLM (find_all_linear_names)."""
+    from peft import LoraConfig
+
+    flags = {field: getattr(training_args, flag) for field, flag in LORA_CONFIG_FLAGS.items()}
+    return LoraConfig(target_modules=find_all_linear_names(model), task_type="CAUSAL_LM", **flags)
+
+
 def apply_lora(model, training_args: TrainingArguments):
-    from peft import LoraConfig, get_peft_model
+    """Wrap `model` in LoRA adapters (`--lora_enable True`); returns the PEFT model.
 
-    config = LoraConfig(
-        r=training_args.lora_r,
-        lora_alpha=training_args.lora_alpha,
-        target_modules=find_all_linear_names(model),
-        lora_dropout=training_args.lora_dropout,
-        bias=training_args.lora_bias,
-        task_type="CAUSAL_LM",
-    )
-    if training_args.bits == 16:
-        if training_args.bf16:
-            model.to(torch.bfloat16)
-        if training_args.fp16:
-            model.to(torch.float16)
+    dtypes: a 16-bit run puts the base weights in its half precision first, so the adapters wrap half-precision
+    layers; under bf16 the whole wrapped model (adapters included, which PEFT creates in fp32) ends in bf16,
+    because ZeRO-3 rejects a mix of fp32 and bf16 parameters. Under fp16 the adapters stay in fp32 (PEFT's default),
+    which the fp16 gradient scaler needs.
+    """
+    from peft import get_peft_model
+
+    config = lora_config_for(model, training_args)
+    half = half_precision_of(training_args)
+    if half is not None and training_args.bits == 16:
+        model.to(half)
     rank0_print("Adding LoRA adapters...")
-    model = get_peft_model(model, config)
-    if training_args.bf16:  # ZeRO-3 rejects a mix of fp32 LoRA weights and bf16 base weights
-        model.to(torch.bfloat16)
-    return model
+    peft_model = get_peft_model(model, config)
+    if half is torch.bfloat16:
+        peft_model.to(torch.bfloat16)
+    return peft_model
 
 
-def attach_vision(model, tokenizer, model_args, data_args, training_args) -> None:
-    """Add vision tower + projector, set which multimodal parts train, and record it all in the config."""
-    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
-    vision_tower = model.get_vision_tower()
-    vision_tower.to(dtype=compute_dtype_of(training_args), device=training_args.device)
+def multimodal_config_values(tokenizer, model_args, data_args, training_args) -> dict:
+    """What `attach_vision` records in the model config (read back by inference, the trainer and checkpoints)."""
+    return {
+        "image_aspect_ratio": data_args.image_aspect_ratio,
+        "image_grid_pinpoints": data_args.image_grid_pinpoints,
+        "tokenizer_padding_side": tokenizer.padding_side,
+        "tokenizer_model_max_length": tokenizer.model_max_length,
+        "tune_mm_mlp_adapter": model_args.tune_mm_mlp_adapter,
+        "freeze_mm_mlp_adapter": training_args.freeze_mm_mlp_adapter,
+        "mm_use_im_start_end": model_args.mm_use_im_start_end,
+        "mm_projector_lr": training_args.mm_projector_lr,
+        "mm_use_im_patch_token": model_args.mm_use_im_patch_token,
+    }
 
-    data_args.image_processor = vision_tower.image_processor
-    data_args.is_multimodal = True
-    data_args.conv_version = model_args.version
-    config = model.config
-    config.image_aspect_ratio = data_args.image_aspect_ratio
-    config.image_grid_pinpoints = data_args.image_grid_pinpoints
-    config.tokenizer_padding_side = tokenizer.padding_side
-    config.tokenizer_model_max_length = tokenizer.model_max_length
 
-    config.tune_mm_mlp_adapter = training_args.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+def set_multimodal_trainable(model, model_args, training_args) -> None:
+    """Stage 1 (`tune_mm_mlp_adapter`) trains the projector alone; `freeze_mm_mlp_adapter` freezes it whatever
+    else trains."""
     projector = model.get_model().mm_projector
     if model_args.tune_mm_mlp_adapter:
         model.requires_grad_(False)
         projector.requires_grad_(True)
-    config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
     if training_args.freeze_mm_mlp_adapter:
         projector.requires_grad_(False)
-    if training_args.bits in (4, 8):
-        projector.to(dtype=compute_dtype_of(training_args), device=training_args.device)
 
-    config.mm_use_im_start_end = data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
-    config.mm_projector_lr = training_args.mm_projector_lr
+
+def attach_vision(model, tokenizer, model_args, data_args, training_args) -> None:
+    """Add vision tower + projector, set which multimodal parts train, and record it all in the config.
+
+    Also hands the tower's image processor and the multimodal switches to `data_args` / `training_args`, and adds
+    the image tokens the flags ask for (`initialize_vision_tokenizer`, last: it sets the embeddings' gradients
+    after the stage-1 freeze).
+    """
+    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+    compute_dtype = compute_dtype_of(training_args)
+    vision_tower = model.get_vision_tower()
+    vision_tower.to(dtype=compute_dtype, device=training_args.device)
+
+    for field, value in multimodal_config_values(tokenizer, model_args, data_args, training_args).items():
+        setattr(model.config, field, value)
+    data_args.image_processor = vision_tower.image_processor
+    data_args.is_multimodal = True
+    data_args.conv_version = model_args.version
+    data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
+    training_args.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
     training_args.use_im_start_end = model_args.mm_use_im_start_end
-    config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
+
+    set_multimodal_trainable(model, model_args, training_args)
+    if training_args.bits in (4, 8):  # quantised LLM: the projector still computes in the compute dtype
+        model.get_model().mm_projector.to(dtype=compute_dtype, device=training_args.device)
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
 
 

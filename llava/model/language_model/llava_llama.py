@@ -1,10 +1,19 @@
 """LLaVA on a LLaMA LLM: `LlavaConfig` (model_type "llava_llama") and `LlavaLlamaForCausalLM`."""
+import inspect
 from typing import Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+
+
+# Inputs `generate` must hand to every `forward` call besides the text: the images behind the placeholders.
+VISION_GENERATION_INPUTS = ("images", "image_sizes")
+
+# The keyword LlamaForCausalLM.forward takes the KV cache under: `cache` in newer transformers 5 releases (which
+# deprecate `past_key_values`), `past_key_values` before.
+_LLM_CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 class LlavaConfig(LlamaConfig):
@@ -48,58 +57,76 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         return_dict: Optional[bool] = None,
         **kwargs,
     ):
-        """LlamaForCausalLM.forward with `images`; extra keywords (num_items_in_batch, ...) pass through."""
+        """LlamaForCausalLM.forward with `images`; extra keywords (num_items_in_batch, ...) pass through.
+
+        The KV cache may arrive as `past_key_values` (LLaVA's name) or as `cache` (what newer transformers'
+        `generate` passes); either way it reaches the LLM under the name its forward declares.
+        """
+        cache = kwargs.pop("cache", None)
+        if past_key_values is None:
+            past_key_values = cache
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
                     input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
                 )
             )
-        if output_attentions is not None:
-            kwargs["output_attentions"] = output_attentions
-        if output_hidden_states is not None:
-            kwargs["output_hidden_states"] = output_hidden_states
-        if return_dict is not None:
-            kwargs["return_dict"] = return_dict
+        optional = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states,
+                    "return_dict": return_dict, _LLM_CACHE_ARG: past_key_values}
+        kwargs.update({name: value for name, value in optional.items() if value is not None})
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
             **kwargs,
         )
 
+    def _prompt_embeddings(self, input_ids, images, image_sizes, position_ids, attention_mask) -> dict:
+        """The prompt as LLM input embeddings: images spliced in where the ids hold IMAGE_TOKEN_INDEX.
+
+        Returns the keyword arguments for `GenerationMixin.generate` (`inputs_embeds`, `attention_mask`,
+        `position_ids`). Text-only prompts are a plain embedding lookup; otherwise the splicing goes through
+        `self.prepare_inputs_labels_for_multimodal` (which a method such as DualSpeed may have replaced).
+        """
+        if images is None:
+            embeds = self.get_model().embed_tokens(input_ids)
+        else:
+            _, position_ids, attention_mask, _, embeds, _ = self.prepare_inputs_labels_for_multimodal(
+                input_ids, position_ids, attention_mask, None, None, images, image_sizes=image_sizes
+            )
+        return {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
+
     @torch.no_grad()
     def generate(self, inputs: Optional[torch.Tensor] = None, images=None, image_sizes=None, **kwargs):
-        """Generate from token ids with image placeholders; returns only the new tokens (inputs_embeds path)."""
-        position_ids = kwargs.pop("position_ids", None)
-        attention_mask = kwargs.pop("attention_mask", None)
-        if "inputs_embeds" in kwargs:
-            raise NotImplementedError("`inputs_embeds` is not supported; pass token ids and images")
-        if images is not None:
-            (inputs, position_ids, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
-                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes
-            )
-        else:
-            inputs_embeds = self.get_model().embed_tokens(inputs)
-        return super().generate(
-            position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
-        )
+        """Greedy/sampled decoding from token ids that may hold image placeholders, with `images` to fill them.
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, **kwargs):
-        images = kwargs.pop("images", None)
-        image_sizes = kwargs.pop("image_sizes", None)
-        inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs
+        Decoding always starts from embeddings, so (as for any `inputs_embeds` call of transformers) the result
+        holds only the new tokens, not the prompt. Passing `inputs_embeds` yourself is refused: the prompt's
+        embeddings are this method's job.
+        """
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("`inputs_embeds` is not supported; pass token ids (inputs) and images")
+        if inputs is None:
+            raise ValueError("generate needs the prompt's token ids as `inputs`")
+        prompt = self._prompt_embeddings(
+            inputs, images, image_sizes, kwargs.pop("position_ids", None), kwargs.pop("attention_mask", None)
         )
-        if images is not None:
-            inputs["images"] = images
-        if image_sizes is not None:
-            inputs["image_sizes"] = image_sizes
-        return inputs
+        return super().generate(**prompt, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
+        """transformers' per-step inputs, with `images` / `image_sizes` carried on to `forward`.
+
+        `inputs_embeds` is named in the signature because `generate` checks for it before accepting embeddings.
+        Everything else (the cache under whichever name this transformers version uses, masks) is left to the
+        base implementation untouched, so no deprecated keyword is introduced here.
+        """
+        vision = {key: value for key in VISION_GENERATION_INPUTS if (value := kwargs.pop(key, None)) is not None}
+        step_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        step_inputs.update(vision)
+        return step_inputs
 
 
 AutoConfig.register("llava_llama", LlavaConfig)
