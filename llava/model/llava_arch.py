@@ -1,7 +1,7 @@
 """LLaVA's multimodal glue: vision tower + projector on the model, and splicing image features into the text.
 
 `LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal` is the single function that turns token ids with
-IMAGE_TOKEN_INDEX placeholders into LLM input embeddings; DualSpeed replaces exactly this function.
+IMAGE_TOKEN_INDEX placeholders into LLM input embeddings; methods built on LLaVA may replace exactly this function.
 """
 import math
 from abc import ABC, abstractmethod

@@ -204,7 +204,7 @@ def train(
 ) -> LLaVATrainer:
     """Run one LLaVA training stage as configured by the command line (or `argv`); returns the trainer.
 
-    Extension points for methods built on LLaVA (e.g. DualSpeed): `extra_dataclasses` are parsed with LLaVA's
+    Extension points for methods built on LLaVA: `extra_dataclasses` are parsed with LLaVA's
     own arguments; each `setup_hooks` entry is called as `hook(model, model_args, data_args, training_args,
     *extra_args)` once the model is complete, and may return a list of `TrainerCallback`s.
     """

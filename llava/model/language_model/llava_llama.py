@@ -89,7 +89,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
 
         Returns the keyword arguments for `GenerationMixin.generate` (`inputs_embeds`, `attention_mask`,
         `position_ids`). Text-only prompts are a plain embedding lookup; otherwise the splicing goes through
-        `self.prepare_inputs_labels_for_multimodal` (which a method such as DualSpeed may have replaced).
+        `self.prepare_inputs_labels_for_multimodal` (which a method built on LLaVA may have replaced).
         """
         if images is None:
             embeds = self.get_model().embed_tokens(input_ids)
