@@ -12,14 +12,15 @@ def python_files(folder: str):
 
 def imported_modules(path: Path, package: str) -> set:
     """Every module `path` imports, at any depth of the file (function-level imports count too), resolved to
-    absolute names; relative imports are resolved against `package`."""
+    absolute names; relative imports are resolved against `package`, the package the file belongs to."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                parts = package.split(".")
+                base = parts[: len(parts) - (node.level - 1)]
                 module = ".".join(base + ([node.module] if node.module else []))
                 found.add(module)
                 found.update(f"{module}.{alias.name}" for alias in node.names)
@@ -52,7 +53,7 @@ def test_dualspeed_patch_has_no_import_cycle():
     graph = {}
     for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        deps = {m for m in imported_modules(path, package + ".x") if m in paths and m != name}
+        deps = {m for m in imported_modules(path, package) if m in paths and m != name}
         # importing a submodule runs its package's __init__ first; the package itself is not a dependency edge here
         graph[name] = {d for d in deps if not name.startswith(d + ".")}
     cycle = find_cycle(graph)
