@@ -7,6 +7,7 @@ parameter when it is used. Saved as `mode_isolator.bin` ({"model.mode_isolator.w
 """
 import math
 import os
+import pickle
 import warnings
 from typing import Optional
 
@@ -51,7 +52,11 @@ def read_isolator_file(path: str) -> torch.Tensor:
 
         weights = load_file(path)
     else:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(f"{path}: refused by weights-only loading (it holds pickled objects, not only tensors)") \
+                from None
     found = [v for k, v in weights.items() if k.endswith("mode_isolator.weight")]
     if len(found) != 1:
         raise ValueError(f"{path}: expected one '*mode_isolator.weight' entry, found {len(found)}")

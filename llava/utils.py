@@ -33,3 +33,16 @@ def torch_init_disabled() -> Iterator[None]:
         yield
     finally:
         torch.nn.Linear.reset_parameters, torch.nn.LayerNorm.reset_parameters = saved
+
+
+def load_weights_only(path: str | os.PathLike) -> dict:
+    """`torch.load(path, weights_only=True)` on the CPU; a file that holds more than tensors (arbitrary pickled
+    objects, which weights-only loading refuses to run) is rejected with an error naming it."""
+    import pickle
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: refused by weights-only loading (it holds pickled objects, not only tensors; load "
+                         f"only files you wrote): {first}") from None

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.utils import load_weights_only
 
 from .anyres import encode_anyres_images, unpad_image  # noqa: F401  (unpad_image: upstream import path)
 from .multimodal_encoder.builder import build_vision_tower
@@ -33,7 +34,7 @@ def load_projector_weights(path: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path)
 
 
 def strip_prefix(weights: dict, keyword: str) -> dict:

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from llava.utils import load_weights_only
+
 logger = logging.getLogger(__name__)
 
 MM_PROJECTOR_FILE = "mm_projector.bin"
@@ -248,7 +250,7 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path), device="cpu")
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state

@@ -33,6 +33,7 @@ from llava.train.checkpoint import (
     save_mm_adapter,
     save_non_lora_files,
 )
+from llava.train.resume import mark_complete
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +261,10 @@ class LLaVATrainer(transformers.Trainer):
             output_dir = os.path.join(self._get_output_dir(trial=trial), folder)
             save_non_lora_files(self.model, output_dir, self.args)
         super()._save_checkpoint(model, trial)
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()  # every process has written its part (DeepSpeed shards included)
+        if self.args.should_save:
+            mark_complete(os.path.join(self._get_output_dir(trial=trial), folder))
 
     # ---- resuming (not used under DeepSpeed: its engine checkpoint restores every trainable weight)
 

@@ -4,7 +4,6 @@ Stage 1 (pretraining): `--tune_mm_mlp_adapter True` trains only the projector an
 Stage 2 (fine-tuning): full or LoRA (`--lora_enable True`) training writes a model / adapter directory.
 """
 import importlib.util
-import pathlib
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -18,6 +17,7 @@ from llava.train.checkpoint import safe_save_model_for_hf_trainer, save_lora_che
 from llava.train.data import make_supervised_data_module
 from llava.train.distributed import cpu_training_argv, init_cpu_deepspeed_comm
 from llava.train.llava_trainer import LLaVATrainer
+from llava.train.resume import resume_target
 from llava.utils import rank0_print
 
 MULTIMODAL_MODULE_KEYWORDS = ("mm_projector", "vision_tower", "vision_resampler")
@@ -218,6 +218,7 @@ def train(
     attn = resolve_attn_implementation(training_args.attn_implementation or attn_implementation)
     rank0_print(f"Model args: {model_args}\nData args: {data_args}\nAttention: {attn}")
 
+    transformers.set_seed(training_args.seed)  # before any weight is created: the projector (and a method's modules) start alike
     model = build_model(model_args, training_args, attn)
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
@@ -233,9 +234,9 @@ def train(
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, callbacks=callbacks, **data_module)
 
-    resume = training_args.resume_from_checkpoint
-    if resume is None and list(pathlib.Path(training_args.output_dir).glob("checkpoint-*")):
-        resume = True
+    resume = resume_target(training_args.output_dir, training_args.resume_from_checkpoint)
+    if resume is not None:
+        rank0_print(f"Resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
 
