@@ -290,8 +290,9 @@ class LayerPruning:
         positions = position_ids.expand(batch, -1).gather(1, self.index)
         rope = tuple(t.expand(batch, -1, -1).gather(1, self.index.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
                      for t in (cos, sin))
-        mask = create_causal_mask(config=self.llm.config, inputs_embeds=hidden, attention_mask=self.tokens.real,
-                                  past_key_values=None, position_ids=positions)
+        # the cache goes by position: its keyword was renamed (past_key_values -> cache) within transformers 5
+        mask = create_causal_mask(self.llm.config, hidden, self.tokens.real,
+                                  None, position_ids=positions)
         return _Stage(attention_mask=mask, position_embeddings=rope, position_ids=positions)
 
     # ------------------------------------------------------------------ results

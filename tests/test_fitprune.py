@@ -152,8 +152,8 @@ def test_head_max_attention_equals_eager_attention(tiny_llava):
         previous = llm.config._attn_implementation
         llm.config._attn_implementation = "eager"
         try:
-            eager_mask = create_causal_mask(config=llm.config, inputs_embeds=embeds, attention_mask=mask.bool(),
-                                            past_key_values=None, position_ids=positions)
+            eager_mask = create_causal_mask(llm.config, embeds, mask.bool(),
+                                            None, position_ids=positions)
             _, weights = attention(hidden_states=normed, position_embeddings=(cos, sin), attention_mask=eager_mask)
         finally:
             llm.config._attn_implementation = previous
@@ -287,8 +287,8 @@ def manual_reduced_run(model, b, run):
     for number, layer in enumerate(llm.layers):
         positions = current
         real = mask.bool().gather(1, current)
-        layer_mask = create_causal_mask(config=llm.config, inputs_embeds=hidden, attention_mask=real,
-                                        past_key_values=None, position_ids=positions)
+        layer_mask = create_causal_mask(llm.config, hidden, real,
+                                        None, position_ids=positions)
         hidden = layer(hidden, attention_mask=layer_mask, position_embeddings=llm.rotary_emb(hidden, positions),
                        position_ids=positions)
         if number in run.kept:
