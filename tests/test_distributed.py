@@ -108,3 +108,25 @@ def test_shutdown_process_group_leaves_no_group_on_either_rank(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["False", "False"]  # one file per rank
+
+
+def test_dualspeed_loss_terms_are_per_token_means_on_two_processes(tiny_world, dualspeed_pretrain, tmp_path):
+    """fast_ce, slow_ce, teacher_ce and kl are logged as per-answer-token means whatever the Trainer divides its loss
+    by (2 processes x 2 accumulated micro-batches here). teacher_ce is the cross-entropy of the same fast-mode input
+    fast_ce measures, so the two agree in scale; a fast_ce divided by the global token count would be ~4x smaller."""
+    out = tmp_path / "scales"
+    args = lora_args(tiny_world, out, dualspeed_pretrain / "mm_projector.bin", steps=6, save_steps=100)
+    args[args.index("--per_device_train_batch_size") + 1] = "2"
+    torchrun(args + DUALSPEED + ["--slow_mode_ratio", "0.5", "--gradient_accumulation_steps", "2",
+                                 "--deepspeed", str(REPO / "scripts/zero2.json")], entry="dualspeed_patch/train_mem.py")
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+
+    def mean(key):
+        values = [entry[key] for entry in logs if key in entry]
+        assert values, f"{key} never logged"
+        return sum(values) / len(values)
+
+    fast, teacher, slow, loss = mean("dualspeed/fast_ce"), mean("dualspeed/teacher_ce"), mean("dualspeed/slow_ce"), mean("loss")
+    assert 0.6 < fast / teacher < 1.6, (fast, teacher)
+    assert 0.6 < fast / loss < 1.6 and 0.4 < slow / fast < 2.5, (fast, slow, loss)
+    assert mean("dualspeed/kl") >= 0.0
