@@ -55,7 +55,7 @@ def read_isolator_file(path: str) -> torch.Tensor:
         try:
             weights = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            raise ValueError(f"{path}: refused by weights-only loading (it holds pickled objects, not only tensors)") \
+            raise pickle.UnpicklingError(f"{path}: refused by weights-only loading (it holds pickled objects, not only tensors)") \
                 from None
     found = [v for k, v in weights.items() if k.endswith("mode_isolator.weight")]
     if len(found) != 1:

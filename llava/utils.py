@@ -44,5 +44,5 @@ def load_weights_only(path: str | os.PathLike) -> dict:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: refused by weights-only loading (it holds pickled objects, not only tensors; load "
-                         f"only files you wrote): {first}") from None
+        raise pickle.UnpicklingError(f"{path}: refused by weights-only loading (it holds pickled objects, not only "
+                                     f"tensors; load only files you wrote): {first}") from None

@@ -169,7 +169,18 @@ def _group_names(model, optimizer):
     return [(sorted(names[id(p)] for p in g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
 
 
-def test_param_groups_split_multimodal_lr_and_weight_decay(tmp_path):
+def test_param_groups_split_multimodal_lr_and_weight_decay(tmp_path, monkeypatch):
+    """The projector and every module registered as an extra trainable file (here a method's isolator) train at
+    --mm_projector_lr; an unregistered module does not."""
+    from llava.train import checkpoint
+
+    for name in list(checkpoint.EXTRA_TRAINABLE_FILES):  # what other tests registered (restored afterwards)
+        monkeypatch.delitem(checkpoint.EXTRA_TRAINABLE_FILES, name)
+    model = ToyLlava(0)
+    opt = LLaVATrainer(model=model, args=make_args(tmp_path, weight_decay=0.1, learning_rate=1e-3,
+                                                   mm_projector_lr=2e-5), train_dataset=ToyData()).create_optimizer()
+    assert "model.mode_isolator" in _group_names(model, opt)[0][0]  # not registered: the LLM's learning rate
+    monkeypatch.setitem(checkpoint.EXTRA_TRAINABLE_FILES, "mode_isolator.bin", ["mode_isolator"])
     model = ToyLlava(0)
     model.model.image_newline = nn.Parameter(torch.zeros(H))
     model.lm_head.requires_grad_(False)
@@ -273,7 +284,7 @@ def test_load_state_file_formats_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="list.bin: expected a dict of tensors"):
         ckpt.load_state_file(tmp_path / "list.bin")
     torch.save({"x": Evil()}, tmp_path / "evil.bin")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match="evil.bin: refused by weights-only loading"):
         ckpt.load_state_file(tmp_path / "evil.bin")
     with pytest.raises(FileNotFoundError, match="missing.bin"):
         ckpt.load_state_file(tmp_path / "missing.bin")

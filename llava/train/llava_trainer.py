@@ -4,6 +4,7 @@ Everything else (loop, DeepSpeed, logging, rotation) is transformers.Trainer's o
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -33,6 +34,7 @@ from llava.train.checkpoint import (
     save_mm_adapter,
     save_non_lora_files,
 )
+from llava.train.frozen_checkpoint import accept_frozen_free_checkpoints, has_frozen_parameters
 from llava.train.resume import mark_complete
 
 logger = logging.getLogger(__name__)
@@ -254,6 +256,32 @@ class LLaVATrainer(transformers.Trainer):
             save_mm_adapter(self.model, output_dir or self.args.output_dir, self.args)
             return
         super()._save(output_dir, state_dict=state_dict)
+
+    # ---- DeepSpeed checkpoints without frozen weights (projector pretraining: the LLM and tower are not saved)
+
+    def _frozen_free_checkpoints(self) -> bool:
+        """Whether DeepSpeed's engine checkpoints leave the frozen weights out (any non-peft model with frozen
+        parameters, ZeRO stages 0-2; transformers already does it for peft models)."""
+        if not self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
+            return False
+        return self.accelerator.state.deepspeed_plugin.zero_stage < 3 and has_frozen_parameters(self.model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        wrapped = getattr(self.accelerator, "deepspeed_engine_wrapped", None)
+        if wrapped is not None and self._frozen_free_checkpoints():  # the engine exists; resuming comes next
+            accept_frozen_free_checkpoints(wrapped.engine, self.model)
+        return scheduler
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self._frozen_free_checkpoints():
+            return super()._save_optimizer_and_scheduler(output_dir)
+        engine = self.model_wrapped
+        engine.save_checkpoint = functools.partial(type(engine).save_checkpoint, engine, exclude_frozen_parameters=True)
+        try:
+            super()._save_optimizer_and_scheduler(output_dir)
+        finally:
+            del engine.save_checkpoint  # the class's method again
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         if getattr(self.args, "lora_enable", False) and not is_adapter_pretraining(self.args, self.model):
