@@ -27,8 +27,10 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
         if ds_args.dualspeed else None
     if source is not None and _rank0():
         print(f"DualSpeed: mode isolator loaded from {source}", flush=True)
-    state = attach(model, ds_args, seed=training_args.seed, isolator_source=source, announce=_rank0(),
-                   pretraining=bool(getattr(model_args, "tune_mm_mlp_adapter", False)))
+    pretraining = bool(getattr(model_args, "tune_mm_mlp_adapter", False))
+    # A fresh isolator is the plan in pretraining; in fine-tuning it means the pretrained one was not found.
+    state = attach(model, ds_args, seed=training_args.seed, isolator_source=source,
+                   announce=_rank0() and not pretraining, pretraining=pretraining)
     if not ds_args.dualspeed:
         return []
     register_isolator_file()

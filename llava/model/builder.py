@@ -8,6 +8,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.llava_arch import load_projector_weights
+from llava.model.loading import load_pretrained
+
+
+# Weights a LLaVA model built on a plain LLM checkpoint creates itself (and reads from its own files right after).
+BUILT_HERE = ("mm_projector", "image_newline", "vision_resampler")
 
 
 def _is_llava(model_path: str, model_name: str) -> bool:
@@ -82,13 +87,15 @@ def load_pretrained_model(
 
         config = _overwritten(LlavaConfig.from_pretrained(model_path), overwrite_config)
         tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
-        model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+        model = load_pretrained(LlavaLlamaForCausalLM, model_base, expected_missing=BUILT_HERE, config=config,
+                                **load_kwargs)
         _load_partial(model, load_non_lora_trainables(model_path), os.path.join(model_path, "non_lora_trainables.bin"))
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
     elif model_base is not None:  # projector-only (pretraining output) on top of the base LLM
         config = _overwritten(AutoConfig.from_pretrained(model_path), overwrite_config)
         tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
-        model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+        model = load_pretrained(LlavaLlamaForCausalLM, model_base, expected_missing=BUILT_HERE, config=config,
+                                **load_kwargs)
         weights = load_projector_weights(os.path.join(model_path, "mm_projector.bin"))
         _load_partial(model, {k: v.to(model.dtype) for k, v in weights.items()}, os.path.join(model_path, "mm_projector.bin"))
     else:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from llava.model.loading import transformers_quiet
 from llava.utils import load_weights_only
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,8 @@ def save_lora_checkpoint(model: nn.Module, output_dir: str | os.PathLike, args: 
     adapter_state = get_peft_state_maybe_zero_3(model.named_parameters(), getattr(args, "lora_bias", "none"))
     save_non_lora_files(model, output_dir, args)
     if is_main_process(args):
-        model.save_pretrained(str(output_dir), state_dict=adapter_state)
+        with transformers_quiet():  # peft re-reads the base config as a LLaVA config: a notice about its type
+            model.save_pretrained(str(output_dir), state_dict=adapter_state)
 
 
 def safe_save_model_for_hf_trainer(trainer: Any, output_dir: str | os.PathLike) -> None:

@@ -25,6 +25,7 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
+from llava.model.loading import transformers_quiet
 from llava.train.checkpoint import (
     EXTRA_TRAINABLE_FILES,
     MM_PROJECTOR_FILE,
@@ -255,7 +256,8 @@ class LLaVATrainer(transformers.Trainer):
         if is_adapter_pretraining(self.args, self.model):
             save_mm_adapter(self.model, output_dir or self.args.output_dir, self.args)
             return
-        super()._save(output_dir, state_dict=state_dict)
+        with transformers_quiet():  # peft re-reads the base config as a LLaVA config: a notice about its type
+            super()._save(output_dir, state_dict=state_dict)
 
     # ---- DeepSpeed checkpoints without frozen weights (projector pretraining: the LLM and tower are not saved)
 

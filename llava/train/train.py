@@ -5,6 +5,7 @@ Stage 2 (fine-tuning): full or LoRA (`--lora_enable True`) training writes a mod
 """
 import importlib.util
 import sys
+import warnings
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -12,6 +13,7 @@ import transformers
 
 from llava import conversation as conversation_lib
 from llava.model import LlavaLlamaForCausalLM
+from llava.model.loading import load_pretrained
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.checkpoint import safe_save_model_for_hf_trainer, save_lora_checkpoint
 from llava.train.data import make_supervised_data_module
@@ -85,12 +87,9 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, at
         )
     dtype = torch.bfloat16 if training_args.bf16 else None
     cls = LlavaLlamaForCausalLM if model_args.vision_tower is not None else transformers.LlamaForCausalLM
-    model = cls.from_pretrained(
-        model_args.model_name_or_path,
-        cache_dir=training_args.cache_dir,
-        attn_implementation=attn_implementation,
-        dtype=dtype,
-    )
+    # (a LLaMA checkpoint loaded as a LLaVA model: transformers' notice about the model type is expected)
+    model = load_pretrained(cls, model_args.model_name_or_path, cache_dir=training_args.cache_dir,
+                            attn_implementation=attn_implementation, dtype=dtype)
     model.config.use_cache = False
     if model_args.freeze_backbone:
         model.model.requires_grad_(False)
@@ -131,7 +130,9 @@ def apply_lora(model, training_args: TrainingArguments):
     if half is not None and training_args.bits == 16:
         model.to(half)
     rank0_print("Adding LoRA adapters...")
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
     if half is torch.bfloat16:
         peft_model.to(torch.bfloat16)
     return peft_model

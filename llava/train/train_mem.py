@@ -4,6 +4,7 @@ A data problem (bad JSON, malformed sample, missing image, tokenization mismatch
 the file and sample instead of a traceback.
 """
 import sys
+import warnings
 from typing import Callable
 
 from llava.train.data import DataError
@@ -14,6 +15,8 @@ from llava.train.train import train
 def main(train_fn: Callable[[], object] = train) -> None:
     """Run one training stage as a launched process: a data error exits with one line, a finished run closes
     the process group (a method built on LLaVA passes its own `train`)."""
+    # DeepSpeed's collectives use torch.distributed names torch deprecates: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     try:
         train_fn()
     except DataError as exc:

@@ -1,8 +1,13 @@
 """CLIP vision tower: frozen CLIP image encoder whose selected hidden layer feeds the projector."""
 
+import importlib.util
+
 import torch
 import torch.nn as nn
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+import transformers
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from llava.model.loading import load_pretrained, transformers_quiet
 
 
 class CLIPVisionHolder(nn.Module):
@@ -33,8 +38,18 @@ class CLIPVisionHolder(nn.Module):
         return self.vision_model(pixel_values=pixel_values, **kwargs)
 
 
+def image_processor_class():
+    """CLIP's image processor: the torchvision-backed one when torchvision is installed, else the PIL one (which
+    transformers otherwise falls back to with a warning per load)."""
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessorPil
+    return transformers.CLIPImageProcessor  # (resolved here: naming it without torchvision prints that notice)
+
+
 def _load_clip_vision(name: str, device_map=None) -> nn.Module:
-    model = CLIPVisionModel.from_pretrained(name, device_map=device_map)
+    # A full CLIP checkpoint also holds the text tower and the projections: not needed for image features.
+    model = load_pretrained(CLIPVisionModel, name, expected_unused=("text_model.", "text_projection", "visual_projection",
+                                                                     "logit_scale"), device_map=device_map)
     # transformers 4.x keeps the `vision_model` attribute itself; 5.x does not.
     return model if hasattr(model, "vision_model") else CLIPVisionHolder(model)
 
@@ -71,7 +86,8 @@ class CLIPVisionTower(nn.Module):
     def load_model(self, device_map=None) -> None:
         """Read the (frozen) encoder and its image processor; a second call does nothing."""
         if not self.is_loaded:
-            self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+            with transformers_quiet():  # its notice about falling back to the PIL backend: nothing to act on
+                self.image_processor = image_processor_class().from_pretrained(self.vision_tower_name)
             self.vision_tower = _load_clip_vision(self.vision_tower_name, device_map=device_map)
             self.vision_tower.requires_grad_(False)
             self.is_loaded = True
