@@ -3,7 +3,8 @@
 It tells the LLM "these visual tokens are pruned", so fast-mode training does not bend the behaviour the model
 shows on full token sequences (slow mode, and inference). It lives at `model.mode_isolator` (the LLaVA base
 model) as a module whose call returns the vectors: a module call lets DeepSpeed ZeRO-3 gather the partitioned
-parameter when it is used. Saved as `mode_isolator.bin` ({"model.mode_isolator.weight": [l, hidden]}).
+parameter when it is used. Saved as `mode_isolator.bin` ({"model.mode_isolator.weight": [l, hidden]}); a file in
+the paper authors' format ({"weight": [l, hidden]}) loads too.
 """
 import math
 import os
@@ -46,7 +47,8 @@ def get_isolator(model) -> Optional[ModeIsolator]:
 
 
 def read_isolator_file(path: str) -> torch.Tensor:
-    """The [l, hidden] tensor stored in an isolator file (or in a non_lora_trainables.bin), loaded safely."""
+    """The [l, hidden] tensor stored in an isolator file (or in a non_lora_trainables.bin), loaded safely: the key
+    ending in `mode_isolator.weight`, or the only key `weight` (the paper authors' `mode_isolator.bin`)."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -58,8 +60,11 @@ def read_isolator_file(path: str) -> torch.Tensor:
             raise pickle.UnpicklingError(f"{path}: refused by weights-only loading (it holds pickled objects, not only tensors)") \
                 from None
     found = [v for k, v in weights.items() if k.endswith("mode_isolator.weight")]
-    if len(found) != 1:
-        raise ValueError(f"{path}: expected one '*mode_isolator.weight' entry, found {len(found)}")
+    if not found and set(weights) == {"weight"}:  # the format the paper authors' code writes
+        found = [weights["weight"]]
+    if len(found) != 1 or not isinstance(found[0], torch.Tensor):
+        raise ValueError(f"{path}: expected one '*mode_isolator.weight' tensor (or only a 'weight' tensor, the "
+                         f"paper authors' format), found keys {sorted(weights)[:8]}")
     return found[0]
 
 

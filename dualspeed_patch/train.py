@@ -1,6 +1,7 @@
-"""DualSpeed training entry: LLaVA's training with `DualSpeedArguments` parsed beside LLaVA's flags.
+"""DualSpeed training entry for this repo's `llava`: its training with `DualSpeedArguments` parsed beside LLaVA's
+flags, `python dualspeed_patch/train_mem.py <LLaVA flags> --dualspeed True --pruning_ratio 0.9 ...`.
 
-`python dualspeed_patch/train_mem.py <LLaVA flags> --dualspeed True --pruning_ratio 0.9 ...`
+Upstream LLaVA (haotian-liu/LLaVA) has no setup hooks: use `dualspeed_patch.upstream` there.
 """
 import warnings
 from typing import List
@@ -19,8 +20,10 @@ def _rank0() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSpeedArguments) -> List:
-    """LLaVA's setup hook: attach DualSpeed (`state.attach`) and return the Trainer callbacks it needs."""
+def prepare(model, model_args, training_args, ds_args: DualSpeedArguments):
+    """Attach DualSpeed to `model` (`state.attach`) the way both training entries do: print the settings, load the
+    isolator from `--mode_isolator_path` or beside `--pretrain_mm_mlp_adapter`, check the layer-skip ratio. Returns
+    the model's state and whether ZeRO-3 gradient buffers must be cleared each step (see `DualSpeedCallback`)."""
     if _rank0():
         print(f"DualSpeed: {ds_args}", flush=True)
     source = locate_isolator_file(ds_args.mode_isolator_path, model_args.pretrain_mm_mlp_adapter) \
@@ -32,10 +35,7 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
     state = attach(model, ds_args, seed=training_args.seed, isolator_source=source,
                    announce=_rank0() and not pretraining, pretraining=pretraining)
     if not ds_args.dualspeed:
-        return []
-    register_isolator_file()
-    if state.text_scorer is not None:
-        data_args.carry_instructions = True  # the dataset then hands each sample's instruction to the pruner
+        return state, False
     if state.recipe is not None and _rank0():
         print(f"DualSpeed: FitPrune recipe {ds_args.fitprune_recipe}: prunes after layers "
               f"{sorted(state.recipe.pruning_layers())}, {state.recipe.visual_tokens} -> {state.recipe.remaining[-1]} "
@@ -49,7 +49,19 @@ def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSp
                   flush=True)
     # Under ZeRO-3 a parameter that gets no gradient in a whole optimizer step is otherwise updated with a stale one:
     # skipped layers, and the mode isolator in a step whose micro-steps are all slow (the student never uses it).
-    clear = skipping or state.schedule.slow_ratio > 0.0
+    return state, skipping or state.schedule.slow_ratio > 0.0
+
+
+def setup_dualspeed(model, model_args, data_args, training_args, ds_args: DualSpeedArguments) -> List:
+    """This repo's `llava.train.train` setup hook (its `setup_hooks` protocol: returns the callbacks to add). Its
+    trainer saves `mode_isolator.bin` (`register_isolator_file`) and logs the metrics (`pop_metrics`). For
+    upstream LLaVA's trainer use `dualspeed_patch.upstream.setup` instead."""
+    state, clear = prepare(model, model_args, training_args, ds_args)
+    if not ds_args.dualspeed:
+        return []
+    register_isolator_file()
+    if state.text_scorer is not None:
+        data_args.carry_instructions = True  # the dataset then hands each sample's instruction to the pruner
     return [DualSpeedCallback(state.schedule, state.metrics, clear_zero3_grads=clear)]
 
 
@@ -59,8 +71,8 @@ def register_isolator_file() -> None:
     try:
         from llava.train.checkpoint import EXTRA_TRAINABLE_FILES
     except ImportError:  # upstream LLaVA: its trainer writes mm_projector.bin / non_lora_trainables.bin only
-        warnings.warn(f"this llava package cannot save extra files: write {ISOLATOR_FILE} yourself "
-                      "(non_lora_trainables.bin still holds the isolator in LoRA runs)")
+        warnings.warn(f"this llava package cannot save extra files, so {ISOLATOR_FILE} is not written: with upstream "
+                      "LLaVA use dualspeed_patch.upstream.setup(trainer, model_args, ds_args) (see the README)")
     else:
         EXTRA_TRAINABLE_FILES[ISOLATOR_FILE] = ["mode_isolator"]
 

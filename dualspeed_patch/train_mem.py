@@ -1,4 +1,7 @@
-"""DualSpeed counterpart of `llava/train/train_mem.py` (FlashAttention-2 when installed, else SDPA)."""
+"""DualSpeed counterpart of this repo's `llava/train/train_mem.py` (FlashAttention-2 when installed, else SDPA).
+
+It runs THIS repo's `llava`; for upstream LLaVA use `scripts/upstream_train.py` or the README's upstream recipe.
+"""
 import os
 import sys
 
