@@ -15,6 +15,7 @@ GLOBAL_BATCH="${GLOBAL_BATCH:-128}"
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-16}"
 GRAD_ACCUM="$(grad_accum_for "$GLOBAL_BATCH" "$PER_DEVICE_BATCH")"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
+preflight --pretrain-dir "$PRETRAIN_DIR"
 
 $LAUNCHER ${TRAIN_ENTRY} \
     --lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 \

@@ -14,6 +14,7 @@ GLOBAL_BATCH="${GLOBAL_BATCH:-256}"
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-32}"
 GRAD_ACCUM="$(grad_accum_for "$GLOBAL_BATCH" "$PER_DEVICE_BATCH")"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
+preflight
 
 $LAUNCHER ${TRAIN_ENTRY} \
     --deepspeed "${ZERO_CONFIG:-./scripts/zero2.json}" \
