@@ -37,6 +37,7 @@ REPORT_TO="${REPORT_TO:-none}"
 NUM_WORKERS="${NUM_WORKERS:-4}"
 
 preflight() {  # usage: preflight [--pretrain-dir DIR]; paths and hardware checked once, one line per problem
+    if [ -n "${SKIP_PREFLIGHT:-}" ]; then return 0; fi  # e.g. LAUNCHER=echo to print the command only
     "${PYTHON:-python}" -m llava.train.preflight --model "$MODEL" --vision-tower "$VISION_TOWER" \
         --data-path "$DATA_PATH" --image-folder "$IMAGE_FOLDER" --bf16 "$BF16" --tf32 "$TF32" "$@" || exit 2
 }
