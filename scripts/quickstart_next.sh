@@ -19,6 +19,8 @@ export GRID_PINPOINTS="[(64,128),(128,64),(128,128),(192,64),(64,192)]" MODEL_MA
 DATA_PATH="$WORLD/next/pretrain.json" OUTPUT_DIR="$RUN/pretrain" GLOBAL_BATCH=16 PER_DEVICE_BATCH=8 \
     bash scripts/next/pretrain_dualspeed.sh --logging_steps 5
 
+SFT_STEPS_NOTE="${SFT_STEPS:-20} SFT steps on 400 captions teach no skill: accuracy is quickstart.sh's job"
 DATA_PATH="$WORLD/next/sft.json" PRETRAIN_DIR="$RUN/pretrain" OUTPUT_DIR="$RUN/llava-lora" GLOBAL_BATCH=8 PER_DEVICE_BATCH=4 \
     bash scripts/next/finetune_lora_dualspeed.sh --logging_steps 5 --max_steps "${SFT_STEPS:-20}"
-echo "NeXT DualSpeed run finished: $RUN/llava-lora"
+echo "NeXT DualSpeed run finished in $((SECONDS / 60)) min $((SECONDS % 60)) s: $RUN/llava-lora (a check that anyres" \
+    "tiling, unpadding, image_newline and pruning after packing train end to end; $SFT_STEPS_NOTE)"

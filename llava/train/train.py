@@ -192,8 +192,10 @@ def attach_vision(model, tokenizer, model_args, data_args, training_args) -> Non
 
 
 def report_trainable(model) -> None:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """Print the trainable share of the parameters (whole sizes, also of ZeRO-3-partitioned ones)."""
+    size = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731  (ZeRO-3 leaves an empty local tensor)
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for p in model.parameters())
     rank0_print(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
 
 
