@@ -16,6 +16,28 @@ Resolution = Tuple[int, int]  # (width, height)
 
 # ----------------------------------------------------------------------------------------------- images
 
+# PIL modes holding more than 8 bits per channel, and the largest value of each: converted by scaling, since
+# `convert("RGB")` clips them (a 16-bit image becomes almost all white).
+WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB; 16-bit (and 32-bit integer) grayscale scaled to 0..255 instead of clipped."""
+    if image.mode not in WIDE_MODES:
+        return image.convert("RGB")
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    scaled = np.clip(np.rint(values * (255.0 / WIDE_MODES[image.mode])), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L").convert("RGB")
+
+
+def load_image_rgb(path: str) -> Image.Image:
+    """The image file at `path` as 8-bit RGB (see `to_rgb`), read fully so the file is closed."""
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
 def load_image_from_base64(image: str) -> Image.Image:
     """Decode a base64-encoded image file (as sent by the web demo / API)."""
     return Image.open(BytesIO(base64.b64decode(image)))

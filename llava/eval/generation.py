@@ -15,7 +15,7 @@ from PIL import Image
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.eval import extensions
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.mm_utils import get_model_name_from_path, load_image_rgb, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.utils import torch_init_disabled
 
@@ -47,7 +47,7 @@ def load_image(image_folder: str, image_file: str, question_id: Any) -> Image.Im
     """The question's image as RGB; a clear error naming the question and file when it cannot be read."""
     path = os.path.join(image_folder, image_file)
     try:
-        return Image.open(path).convert("RGB")
+        return load_image_rgb(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"question {question_id}: cannot read image {path}: {e}") from None
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from llava.conversation import SeparatorStyle
-from llava.mm_utils import process_images
+from llava.mm_utils import load_image_rgb, process_images
 from llava.train.preprocess import (  # noqa: F401  (re-exported: the names upstream code imports from here)
     ROLES,
     Encoded,
@@ -213,8 +213,7 @@ class LazySupervisedDataset(Dataset):
         if not os.path.isfile(path):
             raise MissingImageError(f"image file {path} of sample {name} does not exist")
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
+            return load_image_rgb(path)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image file {path} of sample {name}: {exc}") from None
 
