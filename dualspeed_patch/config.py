@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -83,6 +84,15 @@ class DualSpeedArguments:
             check_schedule(self.layer_skip_schedule)
         except ValueError as err:
             raise ValueError(f"DualSpeedArguments.{err}") from None
+
+    def check_paths(self) -> None:
+        """The files the flags name exist (checked before the model loads; LLaVA's train() calls this)."""
+        if not self.dualspeed:
+            return
+        for flag in ("mode_isolator_path", "fitprune_recipe"):
+            path = getattr(self, flag)
+            if path and not os.path.isfile(path):
+                raise FileNotFoundError(f"--{flag} {path}: no such file")
 
     def to_config_dict(self) -> dict[str, Any]:
         """Fields as `{"dualspeed_<name>": value}` for storing in the model's config.json, so a checkpoint

@@ -87,3 +87,7 @@ class TrainingArguments(transformers.TrainingArguments):
                 setattr(self, new, getattr(self, old))
                 setattr(self, old, None)
         super().__post_init__()
+
+
+class ArgumentError(ValueError):
+    """A bad command-line value or a file a flag names that does not exist; the message names the flag."""

@@ -71,6 +71,26 @@ def _load_records(data_path: str) -> List[Any]:
     return records
 
 
+def check_data_files(data_path: str, image_folder: Optional[str]) -> int:
+    """Before any model loads: the data file is a non-empty JSON list and every image its samples name exists.
+    Returns the number of samples; a DataError names the file (and the first missing image, with the count)."""
+    records = _load_records(data_path)
+    if not records:
+        raise DataError(f"data file {data_path} holds no samples")
+    missing = []
+    for index, record in enumerate(records):
+        image = record.get("image") if isinstance(record, dict) else None
+        if isinstance(image, str) and image:
+            path = os.path.join(image_folder, image) if image_folder else image
+            if not os.path.isfile(path):
+                missing.append((path, _sample_name(record, index)))
+    if missing:
+        path, name = missing[0]
+        more = f" (and {len(missing) - 1} more samples' images are missing)" if len(missing) > 1 else ""
+        raise MissingImageError(f"image file {path} of sample {name} does not exist{more}")
+    return len(records)
+
+
 def _structure_problem(record: Any, plain: bool, multimodal: bool) -> Optional[str]:
     """What is wrong with one record's structure, or None when it is well formed."""
     if not isinstance(record, dict):

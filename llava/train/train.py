@@ -14,9 +14,9 @@ import transformers
 from llava import conversation as conversation_lib
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.loading import load_pretrained
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.arguments import ArgumentError, DataArguments, ModelArguments, TrainingArguments
 from llava.train.checkpoint import safe_save_model_for_hf_trainer, save_lora_checkpoint
-from llava.train.data import make_supervised_data_module
+from llava.train.data import check_data_files, make_supervised_data_module
 from llava.train.distributed import cpu_training_argv, init_cpu_deepspeed_comm
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.resume import resume_target
@@ -56,7 +56,23 @@ def parse_args(argv: Optional[List[str]] = None, extra_dataclasses: tuple = ()):
     """Parse LLaVA's three argument dataclasses (plus any extra ones, e.g. a method's) from argv."""
     argv = cpu_training_argv(list(sys.argv[1:] if argv is None else argv))
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments) + tuple(extra_dataclasses))
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # a dataclass rejected a value (its message names the field)
+        raise ArgumentError(str(err)) from None
+
+
+def check_before_loading(data_args: DataArguments, extra_args: Sequence) -> None:
+    """Fail in seconds, before the model loads: the data file and its images, and the files extra argument
+    dataclasses name (each may offer `check_paths()`, raising FileNotFoundError or ValueError)."""
+    check_data_files(data_args.data_path, data_args.image_folder)
+    for args in extra_args:
+        check = getattr(args, "check_paths", None)
+        if check is not None:
+            try:
+                check()
+            except (FileNotFoundError, ValueError) as err:
+                raise ArgumentError(str(err)) from None
 
 
 def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
@@ -213,9 +229,10 @@ def train(
     """
     model_args, data_args, training_args, *extra_args = parse_args(argv, extra_dataclasses)
     if model_args.model_name_or_path is None:
-        raise ValueError("--model_name_or_path is required")
+        raise ArgumentError("--model_name_or_path is required")
     if data_args.data_path is None:
-        raise ValueError("--data_path is required")
+        raise ArgumentError("--data_path is required")
+    check_before_loading(data_args, extra_args)
     training_args.device  # set up the process group now: ZeRO-3 partitions the model as it is loaded
     init_cpu_deepspeed_comm(training_args)
     attn = resolve_attn_implementation(training_args.attn_implementation or attn_implementation)

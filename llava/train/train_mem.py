@@ -1,12 +1,14 @@
 """Upstream's memory-efficient entry point: the same training, with FlashAttention-2 when it is installed.
 
 A data problem (bad JSON, malformed sample, missing image, tokenization mismatch) ends the run with one line naming
-the file and sample instead of a traceback.
+the file and sample instead of a traceback; so does a bad flag value or a file a flag names that does not exist
+(`error: ...`, exit status 2). Data files, images and such files are checked before the model loads.
 """
 import sys
 import warnings
 from typing import Callable
 
+from llava.train.arguments import ArgumentError
 from llava.train.data import DataError
 from llava.train.distributed import shutdown_process_group
 from llava.train.train import train
@@ -21,6 +23,9 @@ def main(train_fn: Callable[[], object] = train) -> None:
         train_fn()
     except DataError as exc:
         sys.exit(f"data error: {str(exc).strip().splitlines()[-1]}")
+    except ArgumentError as exc:
+        print(f"error: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        sys.exit(2)
     shutdown_process_group()
 
 
