@@ -199,7 +199,7 @@ def evaluate(variant: Variant, world: Path, run: Path, mode: str, recipe: Recipe
                       {}, run / "eval" / f"choices-{mode}.log")
     result = {}
     if mode == "normal":  # generated answers too, as a user's evaluation would produce them
-        wall += run_logged([sys.executable, "-m", "llava.eval.model_vqa_loader", *model, "--answers-file",
+        wall += run_logged([sys.executable, "-m", "llava.eval.model_vqa_loader", *model, "--overwrite", "--answers-file",
                             str(answers), "--temperature", "0", "--max_new_tokens", "8", "--batch-size",
                             str(EVAL_BATCH)], {}, run / "eval" / f"{mode}.log")
         result = score(read_jsonl(answers), read_jsonl(world / "eval" / "answers_key.jsonl"))

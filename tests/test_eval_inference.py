@@ -234,3 +234,65 @@ def test_pruning_flags_are_validated():
     assert parser.parse_args([]).pruning_ratio is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--vtp-method", "no-such-pruner"])
+
+
+def test_evaluation_skips_unreadable_images_and_resumes(tiny_world, checkpoints, tmp_path, capsys):
+    """A missing image: its question is skipped and named, the others answered and kept. A re-run (after the image
+    appears) answers only that question; a last line cut off by a kill is dropped and answered again; --overwrite
+    starts over."""
+    import shutil
+
+    _, merged_dir, _ = checkpoints
+    source = [json.loads(line) for line in open(tiny_world / "eval" / "questions.jsonl")][:5]
+    images = tmp_path / "images"
+    images.mkdir()
+    for q in source:
+        (images / q["image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_world / "images" / q["image"], images / q["image"])
+    missing = source[2]
+    (images / missing["image"]).unlink()
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in source))
+    out = tmp_path / "answers.jsonl"
+
+    def run(**extra):
+        return model_vqa_loader.eval_model(eval_args(merged_dir, image_folder=images, question_file=qfile,
+                                                     answers_file=out, batch_size=2, **extra))
+
+    def ids():
+        return [json.loads(line)["question_id"] for line in open(out)]
+
+    skipped = run()
+    err = capsys.readouterr().err
+    assert [qid for qid, _ in skipped] == [missing["question_id"]]
+    assert f"1 question(s) skipped (unreadable image): ids {missing['question_id']}" in err
+    assert ids() == [q["question_id"] for q in source if q is not missing]
+    first = open(out).read()
+
+    shutil.copy(tiny_world / "images" / missing["image"], images / missing["image"])
+    assert run() == []
+    assert "resuming: 4 of 5 questions already answered" in capsys.readouterr().out
+    assert open(out).read().startswith(first) and sorted(ids()) == sorted(q["question_id"] for q in source)
+
+    text = open(out).read()
+    out.write_text(text[: len(text) - 20])  # a kill in the middle of the last line
+    run()
+    assert "dropping its unfinished last line" in capsys.readouterr().out
+    assert sorted(ids()) == sorted(q["question_id"] for q in source)  # every question exactly once
+
+    run(overwrite=True)
+    assert "resuming" not in capsys.readouterr().out and len(ids()) == 5
+
+
+def test_evaluation_command_exits_non_zero_when_it_skipped_questions(tiny_world, checkpoints, tmp_path):
+    import subprocess
+    import sys
+
+    _, merged_dir, _ = checkpoints
+    q = dict(json.loads(open(tiny_world / "eval" / "questions.jsonl").readline()), image="nowhere.png")
+    (tmp_path / "q.jsonl").write_text(json.dumps(q) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(merged_dir),
+                           "--device", "cpu", "--image-folder", str(tiny_world / "images"), "--question-file",
+                           str(tmp_path / "q.jsonl"), "--answers-file", str(tmp_path / "a.jsonl")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "skipped (unreadable image)" in proc.stderr

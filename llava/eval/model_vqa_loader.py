@@ -5,9 +5,9 @@ installed evaluation extensions (`llava.eval.extensions`). Other evaluation runn
 `llava.eval.generation`, importable from here too), `build_prompt` and `batches`.
 """
 import argparse
-import json
 import math
 import os
+import sys
 import time
 import uuid
 from typing import Iterator, List
@@ -19,6 +19,7 @@ from llava.conversation import conv_templates
 from llava.eval.eval_io import read_jsonl
 from llava.eval.generation import EvalSession, answer_batch, load_for_eval, load_image  # noqa: F401  (reusable API)
 from llava.eval import extensions
+from llava.eval.answers_file import open_answers, skipped_summary, write_answer
 
 
 def split_list(items: list, n: int) -> List[list]:
@@ -65,28 +66,48 @@ def batches(questions: List[dict], size: int) -> Iterator[List[dict]]:
         yield group
 
 
-def eval_model(args: argparse.Namespace) -> None:
-    """Answer the question file (this chunk of it) into the answers file, one JSON line per question."""
-    session = load_for_eval(args)
+def eval_model(args: argparse.Namespace) -> list:
+    """Answer the question file (this chunk of it) into the answers file, one JSON line per question.
+
+    Resumes: questions the answers file already holds are skipped (`--overwrite` starts over). A question whose image
+    cannot be read is skipped with a warning naming it; returns the skipped (question_id, reason) pairs.
+    """
     questions = get_chunk(read_questions(os.path.expanduser(args.question_file)), args.num_chunks, args.chunk_idx)
     answers_file = os.path.expanduser(args.answers_file)
-    os.makedirs(os.path.dirname(answers_file) or ".", exist_ok=True)
+    out, done = open_answers(answers_file, getattr(args, "overwrite", False))
+    pending = [q for q in questions if (q["question_id"],) not in done]
+    if done:
+        print(f"resuming: {len(questions) - len(pending)} of {len(questions)} questions already answered in "
+              f"{answers_file}")
+    session = load_for_eval(args)
     use_im_start_end = getattr(session.model.config, "mm_use_im_start_end", False)
-    start, answered = time.time(), 0
-    with open(answers_file, "w") as out, tqdm(total=len(questions), desc="answering") as progress:
-        for group in batches(questions, args.batch_size):
-            with_image = has_image(group[0])
-            prompts = [build_prompt(q["text"], args.conv_mode, use_im_start_end, with_image) for q in group]
-            images = [load_image(args.image_folder, q["image"], q["question_id"]) for q in group] if with_image else None
-            texts = answer_batch(session, prompts, images, instructions=[q["text"] for q in group])
-            for q, text in zip(group, texts):
-                record = {"question_id": q["question_id"], "prompt": q["text"], "text": text,
-                          "answer_id": uuid.uuid4().hex, "model_id": session.model_name, "metadata": {}}
-                out.write(json.dumps(record) + "\n")
-            out.flush()
+    start, answered, skipped = time.time(), 0, []
+    with out, tqdm(total=len(pending), desc="answering") as progress:
+        for group in batches(pending, args.batch_size):
+            size, with_image = len(group), has_image(group[0])
+            images = None
+            if with_image:
+                readable = []
+                for q in group:
+                    try:
+                        readable.append((q, load_image(args.image_folder, q["image"], q["question_id"])))
+                    except ValueError as err:
+                        print(f"warning: skipped: {err}", file=sys.stderr)
+                        skipped.append((q["question_id"], str(err)))
+                group, images = [q for q, _ in readable], [image for _, image in readable]
+            if group:
+                prompts = [build_prompt(q["text"], args.conv_mode, use_im_start_end, with_image) for q in group]
+                texts = answer_batch(session, prompts, images, instructions=[q["text"] for q in group])
+                for q, text in zip(group, texts):
+                    write_answer(out, {"question_id": q["question_id"], "prompt": q["text"], "text": text,
+                                       "answer_id": uuid.uuid4().hex, "model_id": session.model_name, "metadata": {}})
+                out.flush()
             answered += len(group)
-            progress.update(len(group))
+            progress.update(size)
     print(f"answered {answered} questions in {time.time() - start:.1f}s -> {answers_file}")
+    if skipped:
+        print(skipped_summary(skipped), file=sys.stderr)
+    return skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="cuda", help="cuda (falls back to cpu when no GPU) or cpu")
     p.add_argument("--batch-size", type=int, default=1,
                    help="Questions per generate call (left-padded); greedy answers equal those of batch 1.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Start the answers file over (default: keep its answers and answer only the other questions).")
     extensions.add_arguments(p)
     return p
 
 
 if __name__ == "__main__":
-    eval_model(build_parser().parse_args())
+    sys.exit(1 if eval_model(build_parser().parse_args()) else 0)
