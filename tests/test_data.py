@@ -237,8 +237,31 @@ def test_truncation_to_model_max_length(tok, processor, tmp_path):
     short_tok = copy.deepcopy(tok)
     short_tok.model_max_length = 16
     path = write_data(tmp_path, [{"id": "a", "image": "a.png", "conversations": copy.deepcopy(TWO_ROUNDS)}])
-    item = LazySupervisedDataset(str(path), short_tok, data_args(processor, path, tmp_path))[0]
+    item = LazySupervisedDataset(str(path), short_tok, data_args(processor, path, tmp_path,
+                                                                 max_truncated_fraction=1.0))[0]
     assert item["input_ids"].shape == (16,) and item["labels"].shape == (16,)
+
+
+def test_samples_whose_answer_is_cut_off_are_named_counted_and_limited(tok, processor, tmp_path, caplog):
+    """An answer that fits the text but not the text plus the image's visual tokens trains on nothing: the sample is
+    named and counted, and above --max_truncated_fraction the dataset refuses to start."""
+    records = [{"id": f"s{i}", "image": "a.png", "conversations": copy.deepcopy(TWO_ROUNDS)} for i in range(2)]
+    records[1]["conversations"][0]["value"] = "What color is the circle? " + "Look closely. " * 30 + "\n<image>"
+    path = write_data(tmp_path, records)
+    roomy = LazySupervisedDataset(str(path), tok, data_args(processor, path, tmp_path))
+    first_answer = [int((roomy[i]["labels"] != IGNORE_INDEX).nonzero()[0]) for i in range(2)]
+    assert first_answer[0] < first_answer[1]
+    short_tok = copy.deepcopy(tok)
+    short_tok.model_max_length = first_answer[1] + 10  # both answers fit the text; s1's not with 64 image tokens
+    args = data_args(processor, path, tmp_path, image_token_count=64, max_truncated_fraction=1.0)
+    with caplog.at_level("WARNING"):
+        dataset = LazySupervisedDataset(str(path), short_tok, args)
+        dataset[0], dataset[1]
+    assert dataset.truncated == 1 and "sample index 1 (id 's1'): its whole answer lies beyond" in caplog.text
+    assert first_answer[0] + 63 < short_tok.model_max_length  # s0 keeps its answer
+    with pytest.raises(ValueError, match=r"data\.json: 1 of 2 checked samples have their whole answer cut off by "
+                                         r"model_max_length .*latest: sample index 1 \(id 's1'\)"):
+        LazySupervisedDataset(str(path), short_tok, data_args(processor, path, tmp_path, image_token_count=64))
 
 
 @pytest.mark.parametrize("record,message", [

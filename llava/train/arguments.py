@@ -31,9 +31,14 @@ class DataArguments:
     image_folder: Optional[str] = field(default=None)
     image_aspect_ratio: str = "square"
     image_grid_pinpoints: Optional[str] = field(default=None)
+    max_truncated_fraction: float = field(default=0.01, metadata={
+        "help": "Largest share of samples whose whole answer may be cut off by --model_max_length (they train on "
+                "nothing; each is named in a warning); above it the run stops."})
     # Filled in by train() from the model arguments (init=False keeps them off the command line).
     conv_version: Optional[str] = field(default=None, init=False)
     mm_use_im_start_end: bool = field(default=False, init=False)
+    # Visual tokens an image adds to a sample (the vision tower's patches; for anyres the base view's, a lower bound).
+    image_token_count: int = field(default=0, init=False)
     # Set by methods whose visual-token selection reads the instruction (instruction-aware pruners).
     carry_instructions: bool = field(default=False, init=False)
 

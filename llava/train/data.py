@@ -71,6 +71,11 @@ def _load_records(data_path: str) -> List[Any]:
     return records
 
 
+def _warn_truncated(name: str, max_length: int) -> None:
+    logger.warning("sample %s: its whole answer lies beyond model_max_length %d (image tokens included); it trains "
+                   "on nothing", name, max_length)
+
+
 def check_data_files(data_path: str, image_folder: Optional[str]) -> int:
     """Before any model loads: the data file is a non-empty JSON list and every image its samples name exists.
     Returns the number of samples; a DataError names the file (and the first missing image, with the count)."""
@@ -145,8 +150,11 @@ class LazySupervisedDataset(Dataset):
         self.records = _load_records(data_path)
         self._check_settings()
         self._check_structure()
+        self.max_truncated_fraction = float(getattr(data_args, "max_truncated_fraction", DEFAULT_MAX_MISMATCH_FRACTION))
+        self.max_length = int(getattr(tokenizer, "model_max_length", 0) or 0)
         self.seen = 0
         self.mismatched = 0
+        self.truncated = 0
         self._check_alignment(eager_check_samples)
         words = [sum(len(turn["value"].split()) for turn in record["conversations"]) for record in self.records]
         has_image = ["image" in record for record in self.records]
@@ -178,7 +186,13 @@ class LazySupervisedDataset(Dataset):
         if count == 0:
             return
         indices = sorted({round(k * (total - 1) / max(count - 1, 1)) for k in range(count)})
-        bad = [index for index in indices if not self._encode(index).aligned]
+        encoded = {index: self._encode(index) for index in indices}
+        bad = [index for index in indices if not encoded[index].aligned]
+        cut = [index for index in indices if not self._answer_fits(index, encoded[index])]
+        for index in cut:
+            _warn_truncated(_sample_name(self.records[index], index), self.max_length)
+        if len(cut) > self.max_truncated_fraction * len(indices):
+            raise DataError(self._truncation_message(len(cut), len(indices), "checked samples", cut[-1]))
         for index in bad:
             _warn_mismatch(_sample_name(self.records[index], index), self._encode(index))
         if len(bad) > self.max_mismatch_fraction * len(indices):
@@ -212,8 +226,28 @@ class LazySupervisedDataset(Dataset):
         preprocess_multimodal([turns], self.data_args, self.conv)
         return encode_conversation(turns, self.tokenizer, self.conv, has_image="image" in record)
 
+    def _answer_fits(self, index: int, encoded: Encoded) -> bool:
+        """Whether some answer token stays within model_max_length once the image's visual tokens are spliced in
+        (they replace the one placeholder, which comes before the answers)."""
+        supervised = (encoded.labels != IGNORE_INDEX).nonzero().flatten()
+        if supervised.numel() == 0 or not self.max_length:
+            return supervised.numel() > 0 or not encoded.aligned  # no answer at all: only a mismatch explains it
+        extra = max(int(self.data_args.image_token_count) - 1, 0) if "image" in self.records[index] else 0
+        return int(supervised[0]) + extra < self.max_length
+
+    def _truncation_message(self, cut: int, total: int, what: str, latest: int) -> str:
+        return (f"{self.data_path}: {cut} of {total} {what} have their whole answer cut off by model_max_length "
+                f"{self.max_length} (image tokens included; over the {self.max_truncated_fraction:.1%} limit of "
+                f"--max_truncated_fraction); latest: sample {_sample_name(self.records[latest], latest)}; raise "
+                f"--model_max_length or shorten those samples")
+
     def _count(self, index: int, encoded: Encoded) -> None:
         self.seen += 1
+        if not self._answer_fits(index, encoded):
+            self.truncated += 1
+            _warn_truncated(_sample_name(self.records[index], index), self.max_length)
+            if self.truncated > self.max_truncated_fraction * max(self.seen, RUNNING_CHECK_MIN_SAMPLES):
+                raise DataError(self._truncation_message(self.truncated, self.seen, "samples read so far", index))
         if encoded.aligned:
             return
         self.mismatched += 1

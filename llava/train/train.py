@@ -246,6 +246,7 @@ def train(
     data_args.conv_version = model_args.version
     if model_args.vision_tower is not None:
         attach_vision(model, tokenizer, model_args, data_args, training_args)
+        data_args.image_token_count = int(getattr(model.get_vision_tower(), "num_patches", 0) or 0)
     callbacks = []
     for hook in setup_hooks:
         callbacks += hook(model, model_args, data_args, training_args, *extra_args) or []
