@@ -1,5 +1,6 @@
 """`load_pretrained_model`: load any LLaVA checkpoint kind (full, LoRA + base, projector-only + base)."""
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -90,7 +91,9 @@ def load_pretrained_model(
         model = load_pretrained(LlavaLlamaForCausalLM, model_base, expected_missing=BUILT_HERE, config=config,
                                 **load_kwargs)
         _load_partial(model, load_non_lora_trainables(model_path), os.path.join(model_path, "non_lora_trainables.bin"))
-        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+        with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
     elif model_base is not None:  # projector-only (pretraining output) on top of the base LLM
         config = _overwritten(AutoConfig.from_pretrained(model_path), overwrite_config)
         tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
