@@ -14,7 +14,7 @@ import torch
 from .anyres import gather_packed, image_newline, packed_index, packing_settings, split_views
 from .isolator import prefix_isolator
 from .k_rule import kept_tokens_tensor
-from .pruners import get_method, reduce_tokens
+from .pruners import reduce_tokens
 from .pruners.registry import IN_LLM
 from .splice import splice_visual_tokens
 from .vision_context import capture_cls_attention, clip_relevance, encoder_layer_for_select_layer
@@ -33,7 +33,7 @@ def visual_sequences(model, state: Any, images, pruning: bool = False, image_siz
     tower runs), `relevance` (CLIP text-image similarity to each sample's instruction, `state.instructions`) and
     `grid_side`; on anyres the first two are computed per view and carried onto the packed sequence.
     """
-    method = get_method(state.args.vtp_method)
+    method = state.method
     needs = set(method.context_keys) if pruning and method.kind != IN_LLM else set()
     multi_view = isinstance(images, (list, tuple)) or images.ndim == 5
     views, counts = split_views(images) if multi_view else (images, None)

@@ -194,7 +194,7 @@ class LazySupervisedDataset(Dataset):
         if len(cut) > self.max_truncated_fraction * len(indices):
             raise DataError(self._truncation_message(len(cut), len(indices), "checked samples", cut[-1]))
         for index in bad:
-            _warn_mismatch(_sample_name(self.records[index], index), self._encode(index))
+            _warn_mismatch(_sample_name(self.records[index], index), encoded[index])
         if len(bad) > self.max_mismatch_fraction * len(indices):
             names = ", ".join(_sample_name(self.records[i], i) for i in bad[:5])
             raise DataError(
