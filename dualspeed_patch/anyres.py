@@ -45,6 +45,7 @@ class PackingSettings:
     pinpoints: Optional[tuple]
     side: int  # patches per view side
     tile_px: int  # the vision tower's input size, the unit of the anyres grid
+    round_unpad: bool = False  # Hugging Face's LlavaNext rounds the kept extent (to 7 digits) before truncating
 
     @property
     def unpad(self) -> bool:
@@ -75,6 +76,7 @@ def packing_settings(model) -> PackingSettings:
         pinpoints=parse_pinpoints(getattr(config, "image_grid_pinpoints", None)),
         side=int(tower.num_patches_per_side),
         tile_px=int(tower.config.image_size),
+        round_unpad=bool(getattr(config, "unpad_rounds", False)),
     )
 
 
@@ -86,15 +88,17 @@ def grid_shape(image_size: tuple, settings: PackingSettings) -> tuple:
     return cand_w // settings.tile_px, cand_h // settings.tile_px
 
 
-def unpadded_window(grid_h: int, grid_w: int, image_size: tuple) -> tuple:
+def unpadded_window(grid_h: int, grid_w: int, image_size: tuple, rounded: bool = False) -> tuple:
     """(top, bottom, left, right) of the part of a grid_h x grid_w token grid covered by the letterboxed image
-    (upstream's unpad arithmetic: the padded side loses (excess // 2) rows or columns at each end)."""
+    (upstream's unpad arithmetic: the padded side loses (excess // 2) rows or columns at each end; `rounded`:
+    Hugging Face's, which rounds the kept extent to 7 digits before truncating it)."""
     width, height = image_size
+    extent = (lambda x: int(round(x, 7))) if rounded else int
     if width / height > grid_w / grid_h:
-        kept = int(height * (grid_w / width))
+        kept = extent(height * (grid_w / width))
         cut = (grid_h - kept) // 2
         return cut, grid_h - cut, 0, grid_w
-    kept = int(width * (grid_h / height))
+    kept = extent(width * (grid_h / height))
     cut = (grid_w - kept) // 2
     return 0, grid_h, cut, grid_w - cut
 
@@ -123,7 +127,7 @@ def image_layout(n_views: int, n_tokens: int, image_size: Optional[tuple], setti
                          f"(image_grid_pinpoints {settings.pinpoints}) needs {rows * cols}")
     top, bottom, left, right = 0, rows * side, 0, cols * side
     if settings.unpad:
-        top, bottom, left, right = unpadded_window(rows * side, cols * side, image_size)
+        top, bottom, left, right = unpadded_window(rows * side, cols * side, image_size, settings.round_unpad)
     y = torch.arange(top, bottom).unsqueeze(1)
     x = torch.arange(left, right).unsqueeze(0)
     tile = 1 + (y // side) * cols + x // side  # view index (the base view is 0)
@@ -190,7 +194,9 @@ def image_newline(model) -> torch.Tensor:
     keeps parameters of at most `stage3_param_persistence_threshold` elements whole on every rank, and
     transformers fills "auto" with 10 * hidden_size (image_newline has hidden_size elements).
     """
-    newline = getattr(model.get_model(), "image_newline", None)
+    from .host import llava_part
+
+    newline = llava_part(model, "image_newline")
     hidden = model.config.hidden_size
     if newline is None:
         raise ValueError("mm_patch_merge_type 'spatial_unpad' needs get_model().image_newline, which is missing")

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from .anyres import gather_packed, image_newline, packed_index, packing_settings, split_views
+from .host import llava_part
 from .isolator import prefix_isolator
 from .k_rule import kept_tokens_tensor
 from .pruners import reduce_tokens
@@ -49,7 +50,7 @@ def visual_sequences(model, state: Any, images, pruning: bool = False, image_siz
             context["cls_attention"] = capture.cls_attention
         else:
             patches = tower(views)
-        features = model.get_model().mm_projector(patches)
+        features = llava_part(model, "mm_projector")(patches)
         scorer = state.text_scorer
         if "relevance" in needs and scorer is not None:
             n_images = len(counts) if multi_view else patches.shape[0]
@@ -116,6 +117,7 @@ def build_llm_inputs(model, input_ids, position_ids, attention_mask, labels, vis
         lengths,
         max_length=getattr(model.config, "tokenizer_model_max_length", None),
         padding_side=getattr(model.config, "tokenizer_padding_side", "right"),
+        text_only_consumes_image=getattr(model.config, "text_only_consumes_image", True),
     )
     return (
         None,

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .host import llava_part
+
 ISOLATOR_FILE = "mode_isolator.bin"
 ISOLATOR_KEY = "model.mode_isolator.weight"
 
@@ -42,8 +44,7 @@ def prefix_isolator(isolator: Optional[ModeIsolator], visual: torch.Tensor, leng
 
 def get_isolator(model) -> Optional[ModeIsolator]:
     """The isolator module of a LLaVA causal LM (or its base model), if attached."""
-    base = model.get_model() if hasattr(model, "get_model") else model
-    return getattr(base, "mode_isolator", None)
+    return getattr(llava_part(model, "isolator_home"), "mode_isolator", None)
 
 
 def read_isolator_file(path: str) -> torch.Tensor:
@@ -89,9 +90,9 @@ def attach_isolator(model, length: int, source: Optional[str] = None, announce: 
     """
     if length == 0:
         return None
-    base = model.get_model()
+    base = llava_part(model, "isolator_home")
     hidden = model.config.hidden_size
-    embed = base.embed_tokens.weight
+    embed = model.get_model().embed_tokens.weight
     isolator = ModeIsolator(length, hidden, dtype=torch.float32).to(device=embed.device)
     if source is not None:
         weights = read_isolator_file(source)

@@ -13,14 +13,15 @@ IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200
 
 
-def image_index_per_token(is_image: torch.Tensor) -> torch.Tensor:
+def image_index_per_token(is_image: torch.Tensor, text_only_consumes_image: bool = True) -> torch.Tensor:
     """[B, L] bool -> [B, L] index of the image each placeholder consumes.
 
     LLaVA's convention: images are consumed in reading order, and a sample without any placeholder consumes one
-    (the dummy image the data pipeline gives text-only samples), which is skipped.
+    (the dummy image the data pipeline gives text-only samples), which is skipped. Hugging Face's Llava batches
+    hold images only for the samples that have them (`text_only_consumes_image=False`).
     """
     per_sample = is_image.sum(dim=1)
-    consumed = per_sample.clamp(min=1)
+    consumed = per_sample.clamp(min=1) if text_only_consumes_image else per_sample
     first = torch.cumsum(consumed, dim=0) - consumed
     return first.unsqueeze(1) + torch.cumsum(is_image.long(), dim=1) - 1
 
@@ -34,6 +35,7 @@ def splice_visual_tokens(
     visual_lengths: torch.Tensor,
     max_length: Optional[int] = None,
     padding_side: str = "right",
+    text_only_consumes_image: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Build the LLM input batch.
 
@@ -41,6 +43,7 @@ def splice_visual_tokens(
         input_ids: [B, L] with IMAGE_TOKEN_INDEX placeholders; `attention_mask` [B, L] marks real tokens.
         text_embeds: [B, L, H] embeddings of input_ids (placeholder rows are ignored).
         visual: [I, S, H] visual sequences, image i valid in its first `visual_lengths[i]` rows.
+        text_only_consumes_image: see `image_index_per_token`.
     Returns:
         (inputs_embeds [B, T, H], attention_mask [B, T] bool, position_ids [B, T], labels [B, T]) with visual
         positions labelled IGNORE_INDEX, truncated to `max_length` and padded on `padding_side`.
@@ -51,7 +54,7 @@ def splice_visual_tokens(
     if labels is None:
         labels = torch.full_like(input_ids, IGNORE_INDEX)
     is_image = (input_ids == IMAGE_TOKEN_INDEX) & real
-    image_idx = image_index_per_token(is_image).clamp(min=0, max=max(visual.shape[0] - 1, 0))
+    image_idx = image_index_per_token(is_image, text_only_consumes_image).clamp(min=0, max=max(visual.shape[0] - 1, 0))
     width = torch.where(is_image, visual_lengths[image_idx], real.long())
     ends = torch.cumsum(width, dim=1)
     lengths = ends[:, -1]

@@ -58,9 +58,14 @@ class DualSpeed:
         return self.schedule.pruner_seed() if self.schedule is not None else 0
 
 
+HOST_ATTR = "_dualspeed_host"
+
+
 def unwrap_llava(model):
-    """The LLaVA causal LM inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The LLaVA causal LM inside a peft wrapper (or the model itself); for a model DualSpeed reaches through a host
+    adapter (Hugging Face's Llava classes, `dualspeed_patch.hf`), that adapter."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.__dict__.get(HOST_ATTR, base)
 
 
 def state_of(model) -> DualSpeed:
@@ -115,6 +120,9 @@ def text_scorer_for(llava, method: Method):
     from .vision_context import ClipTextScorer
 
     tower = llava.get_vision_tower()
+    if getattr(tower, "vision_tower_name", None) is None:
+        raise ValueError(f"--vtp_method {method.name} scores instructions with CLIP's text tower, which this model "
+                         "does not name (Hugging Face Llava keeps only the vision tower); choose another method")
     return ClipTextScorer(tower.vision_tower_name).to(device=tower.device, dtype=tower.dtype)
 
 

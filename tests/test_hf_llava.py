@@ -1,0 +1,155 @@
+"""DualSpeed on Hugging Face's LlavaForConditionalGeneration equals DualSpeed on the LLaVA repository's model with
+the same weights: the same LLM input in every visual mode, the same fast and slow losses and gradients."""
+import warnings
+
+import pytest
+import torch
+
+from dualspeed_patch import DualSpeedArguments, attach
+from dualspeed_patch.hf import host_of, install, llm_inputs
+from dualspeed_patch.inputs import FAST, FULL, PRUNED, multimodal_inputs
+from dualspeed_patch.state import state_of
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+from conftest import enable_dualspeed  # noqa: E402
+
+N_IMAGE = 64  # visual tokens of the tiny CLIP (64 px, 8 px patches)
+
+
+@pytest.fixture
+def pair(tiny_llava, patched):
+    """(LLaVA-repo model, Hugging Face Llava with the same weights), both fp32; vocabulary + 1 for the image token."""
+    from playground.world_hf import hf_llava_from_llava
+
+    llava = tiny_llava
+    vocab = llava.config.vocab_size
+    llava.resize_token_embeddings(vocab + 1, mean_resizing=False)
+    hf = hf_llava_from_llava(llava, image_token_id=vocab).eval()
+    return llava, hf
+
+
+def llava_batch(image_token_id):
+    """Row 0: text, image, answer; row 1: text only, right-padded. LLaVA's form (placeholder + a dummy image for
+    the text-only row) and Hugging Face's (expanded image tokens, pixel values only for row 0)."""
+    ids = torch.tensor([[1, 5, IMAGE_TOKEN_INDEX, 6, 7, 8, 9], [1, 10, 11, 12, 13, 0, 0]])
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    labels = torch.tensor([[IGNORE_INDEX] * 4 + [7, 8, 9], [IGNORE_INDEX] * 2 + [11, 12, 13] + [IGNORE_INDEX] * 2])
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    llava = dict(input_ids=ids, attention_mask=mask, labels=labels, images=images)
+    run = torch.full((N_IMAGE,), image_token_id)
+    hf_ids = torch.nn.utils.rnn.pad_sequence(
+        [torch.cat([ids[0, :2], run, ids[0, 3:]]), ids[1, :5]], batch_first=True, padding_value=0)
+    hf_mask = (torch.arange(hf_ids.shape[1]) < torch.tensor([[N_IMAGE + 6], [5]])).long()
+    hf_labels = torch.nn.utils.rnn.pad_sequence(
+        [torch.cat([labels[0, :2], torch.full((N_IMAGE,), IGNORE_INDEX), labels[0, 3:]]), labels[1, :5]],
+        batch_first=True, padding_value=IGNORE_INDEX)
+    hf = dict(input_ids=hf_ids, attention_mask=hf_mask, labels=hf_labels, pixel_values=images[:1])
+    return llava, hf
+
+
+def test_same_weights_give_the_same_logits_without_dualspeed(pair):
+    llava, hf = pair
+    lb, hb = llava_batch(hf.config.image_token_id)
+    with torch.no_grad():
+        a = llava(**lb).logits
+        b = hf(**hb).logits
+    # Compare at the real positions of row 0 (LLaVA's splice and Hugging Face's masked scatter agree).
+    assert a.shape[1] == b.shape[1] == N_IMAGE + 6
+    torch.testing.assert_close(a[0], b[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(a[1, :5], b[1, :5], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", [FULL, PRUNED, FAST])
+def test_host_builds_the_llava_input_in_every_visual_mode(pair, mode):
+    llava, hf = pair
+    args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.75, mode_isolator_len=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach(llava, args)
+        attach(install(hf), args)
+    host = host_of(hf)
+    with torch.no_grad():
+        host.hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    lb, hb = llava_batch(hf.config.image_token_id)
+    _, pos_a, mask_a, _, emb_a, lab_a = multimodal_inputs(llava, state_of(llava), mode, lb["input_ids"], None,
+                                                          lb["attention_mask"], None, lb["labels"], lb["images"])
+    images, sizes = host.images(hb["pixel_values"])
+    ids, mask = host.placeholder_ids(hb["input_ids"], hb["attention_mask"], host.full_lengths(images, sizes))
+    _, pos_b, mask_b, _, emb_b, lab_b = multimodal_inputs(host, state_of(hf), mode, ids, None, mask, None,
+                                                          hb["labels"], images)
+    kept = {FULL: N_IMAGE, PRUNED: 16, FAST: 3 + 16}[mode]
+    assert emb_a.shape == emb_b.shape == (2, kept + 6, 128)
+    torch.testing.assert_close(emb_b, emb_a, atol=1e-6, rtol=1e-6)
+    assert torch.equal(mask_a.bool(), mask_b.bool()) and torch.equal(lab_a, lab_b)
+    built = llm_inputs(hf, hb["input_ids"], hb["pixel_values"], hb["attention_mask"], mode=mode, padding_side="right")
+    torch.testing.assert_close(built["inputs_embeds"], emb_a, atol=1e-6, rtol=1e-6)
+
+
+def _steps(schedule):
+    slow = next(s for s in range(100) if schedule.at(s).is_slow())
+    fast = next(s for s in range(100) if not schedule.at(s).is_slow())
+    return slow, fast
+
+
+@pytest.mark.parametrize("which", ["fast", "slow"])
+def test_fast_and_slow_steps_equal_the_llava_path(pair, which):
+    """Same loss and the same gradients on the projector, the isolator and the LLM's first layer."""
+    llava, hf = pair
+    enable_dualspeed(llava, 4, slow_ratio=0.5)
+    args = state_of(llava).args
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach(install(hf), args, seed=0)
+    hf.train()
+    with torch.no_grad():
+        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    slow, fast = _steps(state_of(llava).schedule)
+    step = slow if which == "slow" else fast
+    state_of(llava).schedule.at(step)
+    state_of(hf).schedule.at(step)
+    lb, hb = llava_batch(hf.config.image_token_id)
+    loss_a = llava(**lb).loss
+    loss_a.backward()
+    loss_b = hf(**hb).loss
+    loss_b.backward()
+    assert torch.isfinite(loss_a) and loss_a.item() > 0
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
+    projector = (llava.get_model().mm_projector[0].weight, hf.model.multi_modal_projector.linear_1.weight)
+    q_proj = (llava.get_model().layers[0].self_attn.q_proj.weight,
+              hf.model.language_model.layers[0].self_attn.q_proj.weight)
+    for a, b in (projector, q_proj):
+        assert a.grad is not None and a.grad.abs().sum() > 0
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4)
+    iso_a, iso_b = llava.get_model().mode_isolator.weight.grad, hf.model.mode_isolator.weight.grad
+    if which == "fast":  # fast mode trains the isolator
+        assert iso_a.abs().sum() > 0
+        torch.testing.assert_close(iso_b, iso_a, atol=1e-6, rtol=1e-4)
+    else:  # the slow step's student never sees it, and its teacher runs without gradient
+        assert iso_a is None and iso_b is None
+    logged = state_of(hf).metrics.pop()
+    expected = state_of(llava).metrics.pop()
+    assert set(logged) == set(expected) and len(logged) == (2 if which == "fast" else 4)
+    for key in expected:
+        assert abs(logged[key] - expected[key]) < 1e-5, key
+
+
+def test_image_token_count_mismatch_is_named(pair):
+    _, hf = pair
+    host = host_of(hf)
+    _, hb = llava_batch(hf.config.image_token_id)
+    ids = hb["input_ids"].clone()
+    ids[0, 3] = 5  # one image token fewer than the image's 64 visual tokens
+    images, sizes = host.images(hb["pixel_values"])
+    with pytest.raises(ValueError, match=r"63 in total, expected \[64\] per image"):
+        host.placeholder_ids(ids, hb["attention_mask"], host.full_lengths(images, sizes))
+
+
+def test_plain_forward_is_untouched_without_dualspeed_training(pair):
+    _, hf = pair
+    _, hb = llava_batch(hf.config.image_token_id)
+    with torch.no_grad():
+        before = hf(**hb).logits
+        install(hf)
+        hf.train()  # training mode, but no DualSpeed schedule attached: Hugging Face's own forward
+        after = hf(**hb).logits
+    torch.testing.assert_close(after, before)
