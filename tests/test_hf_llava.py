@@ -153,3 +153,89 @@ def test_plain_forward_is_untouched_without_dualspeed_training(pair):
         hf.train()  # training mode, but no DualSpeed schedule attached: Hugging Face's own forward
         after = hf(**hb).logits
     torch.testing.assert_close(after, before)
+
+
+# ---------------------------------------------------------------- LLaVA-NeXT (anyres) through LlavaNextForConditionalGeneration
+
+
+@pytest.fixture
+def next_pair(tiny_llm_path, tiny_clip_path, patched):
+    """(LLaVA-NeXT model of tests/test_next.py, Hugging Face LlavaNext with its weights), vocabulary + 1."""
+    from playground.world_hf import hf_llava_from_llava
+    from test_next import next_llava
+
+    llava = next_llava(tiny_llm_path, tiny_clip_path)
+    vocab = llava.config.vocab_size
+    llava.resize_token_embeddings(vocab + 1, mean_resizing=False)
+    with torch.no_grad():
+        llava.get_model().image_newline.normal_()
+    return llava, hf_llava_from_llava(llava, image_token_id=vocab).eval()
+
+
+def next_batches(llava, image_token_id, names=("wide", "tall", "square")):
+    """LLaVA's NeXT batch of tests/test_next.py (3 image rows + a text-only row with a dummy image) and the same
+    batch as Hugging Face's processor writes it: each image's packed length in image tokens, views padded to the
+    batch's largest count, sizes as (height, width), no dummy image."""
+    from test_next import UNPAD_LEN, next_batch
+
+    lb = next_batch(llava, names)
+    rows = []
+    for r in range(len(names)):
+        ids = lb["input_ids"][r]
+        rows.append(torch.cat([ids[:2], torch.full((UNPAD_LEN[names[r]],), image_token_id), ids[3:]]))
+    rows.append(lb["input_ids"][-1][:5])
+    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0)
+    lengths = torch.tensor([len(row) for row in rows])
+    mask = (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long()
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for r in range(len(names)):
+        labels[r, lengths[r] - 3:lengths[r]] = lb["labels"][r, 4:]
+    labels[-1, 2:5] = lb["labels"][-1, 2:5]
+    views = lb["images"][:len(names)]
+    padded = torch.zeros(len(names), max(v.shape[0] for v in views), 3, 64, 64)
+    for i, v in enumerate(views):
+        padded[i, :v.shape[0]] = v
+    sizes = torch.tensor([(h, w) for w, h in lb["image_sizes"][:len(names)]])
+    return lb, dict(input_ids=ids, attention_mask=mask, labels=labels, pixel_values=padded, image_sizes=sizes)
+
+
+def test_next_same_weights_give_the_same_logits(next_pair):
+    llava, hf = next_pair
+    lb, hb = next_batches(llava, hf.config.image_token_id)
+    with torch.no_grad():
+        a = llava(**lb).logits
+        b = hf(**hb).logits
+    for r in range(3):
+        n = int(hb["attention_mask"][r].sum())
+        torch.testing.assert_close(b[r, :n], a[r, :n], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["fast", "slow"])
+def test_next_fast_and_slow_steps_equal_the_llava_path(next_pair, which):
+    """Pruning after NeXT packing: the same packed sequences, kept tokens and losses on both hosts."""
+    llava, hf = next_pair
+    enable_dualspeed(llava, 4, slow_ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach(install(hf), state_of(llava).args, seed=0)
+    hf.train()
+    with torch.no_grad():
+        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    step = _steps(state_of(llava).schedule)[0 if which == "slow" else 1]
+    state_of(llava).schedule.at(step)
+    state_of(hf).schedule.at(step)
+    lb, hb = next_batches(llava, hf.config.image_token_id)
+    loss_a = llava(**lb).loss
+    loss_a.backward()
+    loss_b = hf(**hb).loss
+    loss_b.backward()
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
+    grad_a, grad_b = llava.get_model().image_newline.grad, hf.model.image_newline.grad
+    if which == "slow":  # the student sees every newline
+        assert grad_a is not None and grad_a.abs().sum() > 0
+    assert (grad_a is None) == (grad_b is None)
+    if grad_a is not None:
+        torch.testing.assert_close(grad_b, grad_a, atol=1e-6, rtol=1e-4)
+    proj_a, proj_b = llava.get_model().mm_projector[2].weight.grad, hf.model.multi_modal_projector.linear_2.weight.grad
+    assert proj_a.abs().sum() > 0
+    torch.testing.assert_close(proj_b, proj_a, atol=1e-6, rtol=1e-4)
