@@ -13,6 +13,9 @@ training stage, the variants called round-robin in each round after a warm-up ro
 - fast+avgpool (pretraining): the fast step with the average-pooling compressor instead of DivPrune;
 - fast+fitprune (SFT): the fast step with FitPrune's in-LLM pruning, its recipe fitted in-process on the timed
   batch for a budget of 0.5 of the LLM FLOPs (or the smallest reachable one if the text is too long for 0.5).
+- with --hf, hf_baseline / hf_fast / hf_slow (SFT): plain, fast and slow steps on Hugging Face's
+  LlavaForConditionalGeneration (LlavaNext at NeXT counts) holding the same weights, DualSpeed reached through its
+  host adapter (dualspeed_patch.hf); reported as ratios to their LLaVA counterparts and to hf_baseline.
 Times are CPU time of the process by default (one torch thread: the work done, nearly blind to other processes on
 a shared machine); wall time is recorded too.
 From these it predicts the end-to-end speed-up (pretraining: baseline/fast; SFT: baseline/((1-r) fast + r slow))
@@ -20,14 +23,15 @@ and checks it against short real LLaVATrainer runs of the same shapes, baseline 
 lockstep (one optimizer step each in turn).
 
     python bench/step_costs.py --profile       # full run (~11 min, one thread) + one profiled step per variant
-    python bench/step_costs.py --quick         # one tiny iteration in seconds (the smoke test runs it)
+    python bench/step_costs.py --quick --hf    # one tiny iteration in seconds (the smoke test runs it)
 
 Writes outputs/step_costs.json and outputs/step_costs.md (override with --out).
 """
 from __future__ import annotations
 
 # The pieces live next to this entry point: step_costs_rows (the timed variants), step_costs_cell (timing and
-# profiling of one cell), step_costs_e2e (the lockstep training runs), step_costs_report (targets and tables).
+# profiling of one cell), step_costs_hf (the Hugging Face rows), step_costs_e2e (the lockstep training runs),
+# step_costs_report (targets and tables).
 
 import argparse
 import json
@@ -110,6 +114,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--clock", choices=sorted(CLOCKS), default=None,
                    help="clock of the reported times and ratios: cpu (process CPU time; default with 1 thread, robust "
                         "to other processes on the machine) or wall (default with more threads); both are recorded")
+    p.add_argument("--hf", action="store_true",
+                   help="also time hf_baseline / hf_fast / hf_slow: the same steps on Hugging Face's Llava classes "
+                        "through dualspeed_patch.hf, with the same weights and batch content")
     p.add_argument("--profile", action="store_true",
                    help="also profile one baseline / fast / oracle / slow step per cell: time per phase")
     p.add_argument("--seed", type=int, default=0)

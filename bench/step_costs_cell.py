@@ -22,7 +22,11 @@ from common import CLOCKS, anyres_batch, prepare_stage, summarise, synthetic_bat
 import dualspeed_patch.patch as patch  # noqa: E402
 from dualspeed_patch.isolator import attach_isolator  # noqa: E402
 from dualspeed_patch.pruners import prune_indices  # noqa: E402
+from step_costs_hf import HF_RATIOS, hf_rows  # noqa: E402
 from step_costs_rows import OPTION_ROWS, SELECTION_PRUNERS, step_rows  # noqa: E402
+
+# Variants timed once per round (the full-sequence steps); the others --cheap-repeats times.
+EXPENSIVE_ROWS = ("baseline", "slow", "hf_baseline", "hf_slow")
 
 
 def round_medians(samples: List[float], rounds: int) -> List[float]:
@@ -52,8 +56,12 @@ def measure_cell(a: argparse.Namespace, pristine: torch.nn.Module, count: str, s
         batch = synthetic_batch(c["batch"], s["text"], s["answer"], s["image_at"], image_side, a.vocab, seed=a.seed)
     with tempfile.TemporaryDirectory() as workdir:  # the FitPrune recipe file lives while the cell is timed
         rows, info = step_rows(a, model, step_model, batch, stage, workdir)
+        if a.hf:  # the same steps on Hugging Face's Llava, in the same rounds
+            hf_variants, hf_info = hf_rows(a, pristine, model, batch, stage, info["visual_tokens"])
+            rows.update(hf_variants)
+            info.update(hf_info)
         patch.apply()
-        weights = {name: 1 if name in ("baseline", "slow") else a.cheap_repeats for name in rows}
+        weights = {name: 1 if name in EXPENSIVE_ROWS else a.cheap_repeats for name in rows}
         both = time_interleaved(rows, repeats=a.repeats, warmup=a.warmup, weights=weights)
     times, other = both[a.clock], next(c for c in CLOCKS if c != a.clock)
     n, k = info["visual_tokens"], info["kept_tokens"]
@@ -81,6 +89,9 @@ def measure_cell(a: argparse.Namespace, pristine: torch.nn.Module, count: str, s
     for name in ["fast", *OPTION_ROWS]:  # each fast-mode variant's step cost relative to the baseline step
         if name in times:
             ratios[f"{name}_over_baseline"] = paired_ratio(times, name, ["baseline"], a.repeats)
+    for name, (num, den) in HF_RATIOS.items():  # with --hf
+        if all(row in times for row in [num, *den]):
+            ratios[name] = paired_ratio(times, num, den, a.repeats)
     cell["ratios"] = ratios
     if a.profile:
         cell["profile"] = {name: profile_phases(rows[name], a.clock)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from step_costs_hf import HF_RATIOS
 from step_costs_rows import OPTION_ROWS, SELECTION_PRUNERS
 
 TARGETS = {
@@ -54,6 +55,24 @@ def _ratio(r: Optional[dict], digits: int = 3) -> str:
         return "—"
     spread = f" [{r['min']:.{digits}f}–{r['max']:.{digits}f}]" if "min" in r else ""
     return f"{r['value']:.{digits}f}{spread}"
+
+
+def hf_lines(result: dict) -> List[str]:
+    """The Hugging Face rows' table (--hf): their times and HF_RATIOS; nothing when no cell has them."""
+    cells = {k: c for k, c in result["cells"].items() if "hf_baseline" in c["rows"]}
+    if not cells:
+        return []
+    names = list(HF_RATIOS)
+    lines = ["", "Hugging Face Llava (dualspeed_patch.hf host adapter), same weights and batch, timed in the same rounds:",
+             "", "| counts | stage | model | hf baseline ms | hf fast ms | hf slow ms | "
+             + " | ".join(name.replace("_over_", " / ").replace("_", " ") for name in names) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(names)]
+    for key, c in cells.items():
+        count, stage = key.split("/")
+        rows, r = c["rows"], c["ratios"]
+        lines.append(f"| {count} | {stage} | {c['hf_model']} | {_ms(rows['hf_baseline'])} | {_ms(rows['hf_fast'])} | "
+                     f"{_ms(rows.get('hf_slow'))} | " + " | ".join(_ratio(r.get(name)) for name in names) + " |")
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -108,6 +127,7 @@ def markdown(result: dict) -> str:
             lines.append(f"\nFitPrune recipe [{key}]: fitted in-process on the timed batch for a budget of "
                          f"{r['flops_budget']:.3f} of the LLM FLOPs (estimate {r['flops_ratio']:.3f}); of "
                          f"{r['visual_tokens']} visual tokens, {r['remaining']} remain after each layer.")
+    lines += hf_lines(result)
     if result["e2e"]:
         lines += ["", f"| stage (LLaVA-1.5 counts) | timed steps (slow) | baseline s ({clock}) | DualSpeed s ({clock}) | "
                   "measured speed-up | "

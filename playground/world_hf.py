@@ -133,3 +133,23 @@ def build_tiny_hf_llava(llama_dir: Path, clip_dir: Path, out: Path, projector: O
     hf.save_pretrained(str(out))
     processor.save_pretrained(str(out))
     return out
+
+
+def main(argv: Optional[list] = None) -> None:
+    """`python -m playground.world_hf --out DIR [--projector mm_projector.bin]`: the tiny Hugging Face Llava."""
+    import argparse
+
+    from playground.build_tiny_world import ensure_built
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True, type=Path, help="Directory to save the model and processor in.")
+    parser.add_argument("--projector", type=Path, default=None,
+                        help="A LLaVA stage-1 mm_projector.bin to start from (default: a fresh projector).")
+    args = parser.parse_args(argv)
+    world = Path(ensure_built())
+    out = build_tiny_hf_llava(world / "models/tiny-llama", world / "models/tiny-clip", args.out, args.projector)
+    print(f"tiny Hugging Face Llava (+ processor) saved at {out}")
+
+
+if __name__ == "__main__":
+    main()
