@@ -239,3 +239,46 @@ def test_next_fast_and_slow_steps_equal_the_llava_path(next_pair, which):
     proj_a, proj_b = llava.get_model().mm_projector[2].weight.grad, hf.model.multi_modal_projector.linear_2.weight.grad
     assert proj_a.abs().sum() > 0
     torch.testing.assert_close(proj_b, proj_a, atol=1e-6, rtol=1e-4)
+
+
+def next_processor(hf, tiny_llm_path):
+    """Hugging Face's LlavaNextProcessor for the tiny CLIP (64-px tiles, the pinpoints of tests/test_next.py)."""
+    import transformers
+    from transformers import AutoTokenizer, LlavaNextProcessor
+
+    pil = getattr(transformers, "LlavaNextImageProcessorPil", None)  # (no torchvision here)
+    images = (pil or transformers.LlavaNextImageProcessor)(
+        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, do_pad=True,
+        image_grid_pinpoints=hf.config.image_grid_pinpoints)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llm_path))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.pad_token = tokenizer.unk_token
+    assert tokenizer.convert_tokens_to_ids("<image>") == hf.config.image_token_id
+    return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, image_token="<image>",
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def test_next_processor_writes_as_many_image_tokens_as_the_packing_yields(next_pair, tiny_llm_path):
+    """For odd sizes too: Hugging Face's processor and DualSpeed's packing (its unpad rounding) agree, and a fast
+    step runs on the processor's own batch."""
+    from test_next import noise_image
+
+    _, hf = next_pair
+    processor = next_processor(hf, tiny_llm_path)
+    sizes = [(100, 40), (48, 112), (50, 112), (120, 120), (64, 64), (77, 31), (200, 90), (33, 129), (127, 65)]
+    images = [noise_image(size, seed) for seed, size in enumerate(sizes)]
+    batch = processor(images=images, text=["USER: <image>\nWhat is it? ASSISTANT: a"] * len(sizes),
+                      return_tensors="pt", padding=True)
+    host = install(hf)
+    views, llava_sizes = host.images(batch["pixel_values"], batch["image_sizes"])
+    assert llava_sizes == sizes
+    written = (batch["input_ids"] == hf.config.image_token_id).sum(1)
+    assert host.full_lengths(views, llava_sizes).tolist() == written.tolist()
+    assert written.tolist()[:4] == [166, 176, 208, 336]  # the closed forms of tests/test_next.py
+    args = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach(host, args, seed=0)
+    hf.train()
+    loss = hf(**batch, labels=torch.where(batch["attention_mask"].bool(), batch["input_ids"], IGNORE_INDEX)).loss
+    assert torch.isfinite(loss)
