@@ -1,4 +1,5 @@
-"""Smoke test of the step-cost benchmark: `bench/step_costs.py --quick` runs end to end and reports every row."""
+"""Smoke test of the step-cost benchmark: `bench/step_costs.py --quick --hf` runs end to end and reports every row,
+the Hugging Face rows (hf_baseline / hf_fast / hf_slow) included."""
 import json
 import math
 import os
@@ -11,6 +12,9 @@ SELECTORS = {f"select/{name}" for name in ("divprune", "random", "uniform", "cdp
 BASE_ROWS = {"baseline", "fast", "oracle", "plain_short"} | SELECTORS
 PRETRAIN_ROWS = BASE_ROWS | {"fast+avgpool"}
 SFT_ROWS = BASE_ROWS | {"slow", "pruned_forward", "fast+layerskip", "fast+fitprune"}
+HF_ROWS = {"pretrain": {"hf_baseline", "hf_fast"}, "sft": {"hf_baseline", "hf_fast", "hf_slow"}}
+HF_RATIOS = {"hf_baseline_over_baseline", "hf_fast_over_hf_baseline", "hf_fast_over_fast"}  # + hf_slow_over_slow (SFT)
+HF_MODELS = {"llava15": "LlavaForConditionalGeneration", "next": "LlavaNextForConditionalGeneration"}
 
 
 def finite(x) -> bool:
@@ -20,23 +24,26 @@ def finite(x) -> bool:
 def test_quick_run_reports_every_row(tmp_path):
     out = tmp_path / "step_costs.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "step_costs.py"), "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "step_costs.py"), "--quick", "--hf", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
 
     assert set(result["cells"]) == {"llava15/pretrain", "llava15/sft", "next/pretrain", "next/sft"}
     for key, cell in result["cells"].items():
-        stage = key.split("/")[1]
-        assert set(cell["rows"]) == (SFT_ROWS if stage == "sft" else PRETRAIN_ROWS), key
+        count, stage = key.split("/")
+        assert set(cell["rows"]) == (SFT_ROWS if stage == "sft" else PRETRAIN_ROWS) | HF_ROWS[stage], key
+        # the Hugging Face model of the cell's kind, fed the same sequence (image tokens expanded in the text)
+        assert cell["hf_model"] == HF_MODELS[count] and cell["hf_sequence_full"] == cell["sequence_full"], key
         for name, row in cell["rows"].items():
             assert row["n"] == 1 and all(finite(row[k]) and row[k] > 0 for k in ("median", "min", "max")), (key, name)
         ratios = cell["ratios"]
         expected = {"fast_over_oracle", "oracle_over_plain_short", "limit_speedup", "predicted_speedup"} | {
             f"share/{s.split('/')[1]}" for s in SELECTORS} | {
             f"{name}_over_baseline" for name in cell["rows"] if name.startswith("fast")}
+        expected |= HF_RATIOS
         if stage == "sft":
-            expected.add("slow_over_reference")
+            expected |= {"slow_over_reference", "hf_slow_over_slow"}
         assert set(ratios) == expected, key
         assert all(finite(r["value"]) and r["value"] > 0 for r in ratios.values()), key
         assert ratios["predicted_speedup"]["slow_ratio"] == (0.1 if stage == "sft" else 0.0)
@@ -74,5 +81,7 @@ def test_quick_run_reports_every_row(tmp_path):
     assert all(isinstance(t["pass"], bool) and finite(t["value"]) for t in result["targets"])
     table = out.with_suffix(".md").read_text()
     # 2 step tables + 5 selectors + fast, fast+layerskip and fast+fitprune against the baseline step
-    assert table.count("| llava15 | sft |") == 10 and "LLaVA-NeXT: anyres" in table
+    assert table.count("| llava15 | sft |") == 11 and "LLaVA-NeXT: anyres" in table  # + the Hugging Face table
+    assert table.count("| llava15 | sft | LlavaForConditionalGeneration |") == 1
+    assert table.count("| next | pretrain | LlavaNextForConditionalGeneration |") == 1
     assert table.count("| llava15 | pretrain | fast+avgpool |") == 1 and "FitPrune recipe [next/sft]" in table
