@@ -282,3 +282,34 @@ def test_next_processor_writes_as_many_image_tokens_as_the_packing_yields(next_p
     hf.train()
     loss = hf(**batch, labels=torch.where(batch["attention_mask"].bool(), batch["input_ids"], IGNORE_INDEX)).loss
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("settings", [{"vtp_method": "fastervlm"}, {"vtp_method": "avgpool"},
+                                      {"vtp_method": "random"},
+                                      {"layer_skip_ratio": 0.5, "layer_skip_schedule": "uniform"}],
+                         ids=["fastervlm", "avgpool", "random", "layer_skip"])
+def test_fast_step_options_equal_the_llava_path(pair, settings):
+    """Other plug-ins ([CLS]-attention context, a compressor, seeded randomness) and layer skipping on both hosts."""
+    llava, hf = pair
+    enable_dualspeed(llava, 4, slow_ratio=0.0, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach(install(hf), state_of(llava).args, seed=0)
+    hf.train()
+    with torch.no_grad():
+        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    state_of(llava).schedule.at(3)
+    state_of(hf).schedule.at(3)
+    lb, hb = llava_batch(hf.config.image_token_id)
+    loss_a, loss_b = llava(**lb).loss, hf(**hb).loss
+    assert torch.isfinite(loss_a)
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
+    logged, expected = state_of(hf).metrics.pop(), state_of(llava).metrics.pop()
+    if "layer_skip_ratio" in settings:
+        assert logged["dualspeed/skipped_layers"] == expected["dualspeed/skipped_layers"] == 2.0
+
+
+def test_instruction_aware_pruner_is_refused_with_a_reason(pair):
+    _, hf = pair
+    with pytest.raises(ValueError, match="cdpruner.*CLIP's text tower"):
+        attach(install(hf), DualSpeedArguments(dualspeed=True, vtp_method="cdpruner"))
