@@ -75,13 +75,13 @@ class UpstreamDualSpeedCallback(DualSpeedCallback):
         if self.isolator is None:
             return
         weight = self.isolator.weight
-        with _gathered(weight):
+        with gathered(weight):
             if args.should_save:
                 os.makedirs(directory, exist_ok=True)
                 torch.save({ISOLATOR_KEY: weight.detach().cpu().clone()}, os.path.join(directory, ISOLATOR_FILE))
 
 
-def _gathered(weight: torch.Tensor):
+def gathered(weight: torch.Tensor):
     """The whole parameter on every rank while inside (ZeRO-3 partitions it; collective), else nothing to do."""
     if not hasattr(weight, "ds_id"):
         return nullcontext()

@@ -313,3 +313,27 @@ def test_instruction_aware_pruner_is_refused_with_a_reason(pair):
     _, hf = pair
     with pytest.raises(ValueError, match="cdpruner.*CLIP's text tower"):
         attach(install(hf), DualSpeedArguments(dualspeed=True, vtp_method="cdpruner"))
+
+
+@pytest.mark.parametrize("which", ["fast", "slow"])
+def test_fitprune_in_llm_pruning_equals_the_llava_path(pair, tmp_path, which):
+    """The in-LLM method (pruning between decoder layers, by recipe) on Hugging Face's language model."""
+    from dualspeed_patch.fitprune import FitPruneRecipe
+
+    llava, hf = pair
+    recipe = tmp_path / "recipe.json"
+    FitPruneRecipe(visual_tokens=64, remaining=(64, 40, 20, 10), flops_budget=0.6, flops_ratio=0.55).save(str(recipe))
+    enable_dualspeed(llava, 4, slow_ratio=0.5, vtp_method="fitprune", fitprune_recipe=str(recipe))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach(install(hf), state_of(llava).args, seed=0)
+    hf.train()
+    with torch.no_grad():
+        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    step = _steps(state_of(llava).schedule)[0 if which == "slow" else 1]
+    state_of(llava).schedule.at(step)
+    state_of(hf).schedule.at(step)
+    lb, hb = llava_batch(hf.config.image_token_id)
+    loss_a, loss_b = llava(**lb).loss, hf(**hb).loss
+    assert torch.isfinite(loss_a)
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)

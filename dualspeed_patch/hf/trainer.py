@@ -23,7 +23,7 @@ from ..config import DualSpeedArguments
 from ..isolator import ISOLATOR_KEY, attach_isolator, get_isolator, read_isolator_file
 from ..state import DualSpeed, attach, state_of
 from ..train import prepare
-from ..upstream import UpstreamDualSpeedCallback, _gathered
+from ..upstream import UpstreamDualSpeedCallback, gathered
 from .forward import install
 
 ISOLATOR_FILE = "mode_isolator.safetensors"
@@ -40,7 +40,7 @@ class HFDualSpeedCallback(UpstreamDualSpeedCallback):
     def save_isolator(self, directory: str, args) -> None:
         if self.isolator is None:
             return
-        with _gathered(self.isolator.weight):
+        with gathered(self.isolator.weight):
             if args.should_save:
                 save_isolator(self.isolator.weight, self.settings, directory)
 
@@ -113,9 +113,15 @@ def load_dualspeed(model, directory: str, *, trainable: bool = False) -> DualSpe
     settings = DualSpeedArguments(**{**json.loads(metadata.get(SETTINGS_KEY, "{}")), "dualspeed": False})
     state = attach(model, settings, announce=False)
     weights = read_isolator_file(path)
-    isolator = get_isolator(host) or attach_isolator(host, int(weights.shape[0]), source=path, announce=False)
-    with torch.no_grad():
-        isolator.weight.copy_(weights.to(isolator.weight.dtype))
+    isolator = get_isolator(host)
+    if isolator is None:
+        isolator = attach_isolator(host, int(weights.shape[0]), source=path, announce=False)
+    elif tuple(isolator.weight.shape) != tuple(weights.shape):
+        raise ValueError(f"{path}: mode isolator of shape {tuple(weights.shape)}, the model has "
+                         f"{tuple(isolator.weight.shape)}")
+    else:
+        with torch.no_grad():
+            isolator.weight.copy_(weights.to(isolator.weight.dtype))
     isolator.requires_grad_(trainable)
     state.isolator = isolator
     return state_of(model)

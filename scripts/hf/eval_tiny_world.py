@@ -72,8 +72,8 @@ def messages_of(question: dict, image_folder: str) -> list:
 def answer(model, processor, group: list, image_folder: str, mode: str, max_new_tokens: int) -> list:
     """Greedy answers (decoded, stripped) to a group of questions."""
     inputs = processor.apply_chat_template([messages_of(q, image_folder) for q in group], tokenize=True,
-                                           return_dict=True, add_generation_prompt=True, padding=True,
-                                           return_tensors="pt")
+                                           return_dict=True, add_generation_prompt=True, return_tensors="pt",
+                                           processor_kwargs={"padding": True})
     tokenizer = processor.tokenizer
     options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     if mode == "full":
