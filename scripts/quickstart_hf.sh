@@ -31,7 +31,7 @@ torchrun --nproc_per_node "$NUM_GPUS" --master_port "${MASTER_PORT:-29513}" scri
     --model_name_or_path "$RUN/hf-llava" --data_path "$WORLD/sft.json" --image_folder "$IMAGE_FOLDER" \
     --output_dir "$RUN/hf-lora" --deepspeed scripts/zero2.json --bf16 False --tf32 False \
     --num_train_epochs 2 --per_device_train_batch_size $((16 / NUM_GPUS)) --gradient_accumulation_steps 1 \
-    --learning_rate 2e-3 --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \
+    --learning_rate 2e-3 --weight_decay 0. --warmup_steps 0.03 --lr_scheduler_type cosine \
     --lora_r 16 --lora_alpha 32 --save_strategy no --logging_steps 50 --report_to none --seed 42 \
     --dataloader_num_workers 0 "${DUALSPEED_SFT_FLAGS[@]}" --mode_isolator_path "$RUN/pretrain/mode_isolator.bin"
 

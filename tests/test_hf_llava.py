@@ -153,6 +153,15 @@ def test_plain_forward_is_untouched_without_dualspeed_training(pair):
         hf.train()  # training mode, but no DualSpeed schedule attached: Hugging Face's own forward
         after = hf(**hb).logits
     torch.testing.assert_close(after, before)
+    import inspect
+
+    from dualspeed_patch.hf import uninstall
+
+    params = list(inspect.signature(hf.forward).parameters)  # what the Trainer inspects (columns, loss kwargs)
+    assert params[:2] == ["input_ids", "pixel_values"] and "labels" in params and "kwargs" in params
+    assert hf.forward.__func__ is not type(hf).forward  # a bound method of its own, as accelerate expects
+    uninstall(hf)
+    assert hf.forward.__func__ is type(hf).forward
 
 
 # ---------------------------------------------------------------- LLaVA-NeXT (anyres) through LlavaNextForConditionalGeneration

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 
 from ..state import state_of
 from ..step import train_step
@@ -28,19 +29,23 @@ def install(model) -> HFLlavaHost:
     hf = host.hf
     if getattr(hf.__dict__.get("forward"), _INSTALLED, False):
         return host
-    original = type(hf).forward.__get__(hf)
-    signature = inspect.signature(original)
+    own = type(hf).forward
+    signature = inspect.signature(own)
 
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
+    @functools.wraps(own)
+    def forward(self, *args, **kwargs):
         state = state_of(host)
         kwargs.pop("instructions", None)  # (instruction-aware pruners are not available on Hugging Face models)
-        if not (hf.training and state.training):
+        original = own.__get__(self)
+        if not (self.training and state.training):
             return original(*args, **kwargs)
-        return hf_train_step(host, state, original, signature.bind(*args, **kwargs).arguments)
+        call = signature.bind(self, *args, **kwargs).arguments
+        call.pop("self")
+        return hf_train_step(host, state, original, call)
 
     setattr(forward, _INSTALLED, True)
-    hf.forward = forward
+    # A bound method, as the class's own: wrappers that rebind `forward.__func__` (accelerate's autocast) keep working.
+    hf.forward = types.MethodType(forward, hf)
     return host
 
 
