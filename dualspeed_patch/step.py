@@ -86,7 +86,8 @@ def slow_step(model, state: Any, input_ids, attention_mask, labels, images, num_
     t_hidden, t_labels = teacher_hidden(model, state, input_ids, attention_mask, labels, visual.detach(), lengths,
                                         context)
     llm = model.get_model()
-    s_hidden = llm(inputs_embeds=student[3], attention_mask=student[2], position_ids=student[1]).last_hidden_state
+    s_hidden = llm(inputs_embeds=student[3], attention_mask=student[2], position_ids=student[1],
+                   use_cache=False).last_hidden_state
     s_labels = student[4]
     lm_head = model.get_output_embeddings()
     s_logits_all = lm_head(gather_answer_hidden(s_hidden, s_labels))
@@ -115,7 +116,8 @@ def teacher_hidden(model, state: Any, input_ids, attention_mask, labels, visual,
     pruned, pruned_lengths = prune_visual(state, visual, lengths, with_isolator=True, **context)
     _, positions, mask, embeds, t_labels = build_llm_inputs(model, input_ids, None, attention_mask, labels, pruned,
                                                             pruned_lengths)
-    return model.get_model()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state, t_labels
+    hidden = model.get_model()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+    return hidden.last_hidden_state, t_labels
 
 
 def cap_answers(labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

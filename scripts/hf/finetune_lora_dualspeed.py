@@ -136,7 +136,7 @@ def build_model(model_args: ModelArguments, training_args):
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model = transformers.AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation)
-    model.config.use_cache = False
+    model.config.use_cache = model.config.text_config.use_cache = False  # (the decoder reads its own config)
     lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                       target_modules=model_args.lora_target, task_type="CAUSAL_LM",
                       modules_to_save=["multi_modal_projector"] if model_args.train_projector else None)
