@@ -2,6 +2,8 @@
 
 One public setup call attaches the method to a model: `attach(model, DualSpeedArguments(...)) -> DualSpeed` (its
 state); `apply()` patches LLaVA's classes so that their training forward runs DualSpeed's fast and slow steps.
+Hugging Face's own Llava / LlavaNext classes are reached through a host adapter instead: `dualspeed_patch.hf`
+(`DualSpeedTrainer`, or `setup(trainer, ds_args)` on a built Trainer).
 """
 from .config import DualSpeedArguments
 from .distill import IGNORE_INDEX, answer_positions, distill_kl, gather_answer_hidden, gather_answer_targets, shifted_ce
