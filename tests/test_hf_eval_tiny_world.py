@@ -8,6 +8,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# peft reads transformers' deprecated `is_gradient_checkpointing` (nothing this test can act on)
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 
 def _eval_module():

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from typing import Iterator, Optional
 
 import torch
@@ -39,7 +40,9 @@ def load(model_dir: str, adapter_dir: Optional[str], mode: str):
     if adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     if mode != "full":
         from dualspeed_patch.hf import load_dualspeed
 
