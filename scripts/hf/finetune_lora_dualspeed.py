@@ -147,6 +147,8 @@ def build_model(model_args: ModelArguments, training_args):
 def main(argv: Optional[list] = None) -> None:
     # DeepSpeed's collectives use torch.distributed names torch deprecates: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    # peft reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on either.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     argv = cpu_training_argv(list(sys.argv[1:] if argv is None else argv))
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, transformers.TrainingArguments,
                                            DualSpeedArguments))
