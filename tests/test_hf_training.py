@@ -134,3 +134,49 @@ def test_full_fine_tuning_saves_a_plain_model_and_the_isolator_beside_it(tiny_hf
     saved = load_file(str(tmp_path / "saved/model.safetensors"))
     assert set(saved) == expected and not any("mode_isolator" in k for k in saved)
     assert load_file(str(tmp_path / "saved/mode_isolator.safetensors"))["model.mode_isolator.weight"].shape == (2, 128)
+
+
+def test_next_batches_of_the_example_collate_train_with_mixed_modes(tiny_llm_path, tiny_clip_path, tmp_path):
+    """LLaVA-NeXT through the Trainer: the example script's collate pads each image's views to the batch's most;
+    images of different grids and a text-only sample in one batch, fast and slow steps."""
+    import importlib.util
+    import warnings
+
+    from transformers import TrainingArguments
+
+    from dualspeed_patch import DualSpeedArguments
+    from dualspeed_patch.hf import DualSpeedTrainer
+    from playground.world_hf import hf_llava_from_llava
+    from test_hf_llava import next_processor
+    from test_next import next_llava, noise_image
+
+    spec = importlib.util.spec_from_file_location("hf_example", SCRIPT)
+    example = importlib.util.module_from_spec(spec)
+    sys.modules["hf_example"] = example  # (its dataclasses look their module up)
+    spec.loader.exec_module(example)
+    llava = next_llava(tiny_llm_path, tiny_clip_path)
+    llava.resize_token_embeddings(llava.config.vocab_size + 1, mean_resizing=False)
+    hf = hf_llava_from_llava(llava, image_token_id=llava.config.vocab_size - 1)
+    processor = next_processor(hf, tiny_llm_path)
+    items = []
+    for seed, size in enumerate([(100, 40), (120, 120), None, (48, 112)]):
+        text = "USER: <image>\nWhat is it? ASSISTANT: a thing" if size else "USER: Say hi. ASSISTANT: hi there"
+        enc = processor(images=[noise_image(size, seed)] if size else None, text=[text], return_tensors="pt")
+        item = {"input_ids": enc["input_ids"][0], "labels": enc["input_ids"][0].clone()}
+        item["labels"][:-3] = -100
+        item.update({k: enc[k] for k in ("pixel_values", "image_sizes") if k in enc})
+        items.append(item)
+    batch = example.collate(items, processor.tokenizer.pad_token_id)
+    assert batch["pixel_values"].shape == (3, 5, 3, 64, 64) and batch["image_sizes"].tolist()[1] == [120, 120]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=4, logging_steps=1,
+                             per_device_train_batch_size=4, learning_rate=1e-3, remove_unused_columns=False,
+                             save_strategy="no")
+    ds = DualSpeedArguments(dualspeed=True, pruning_ratio=0.9, slow_mode_ratio=0.5, mode_isolator_len=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = DualSpeedTrainer(model=hf, args=args, train_dataset=items, dualspeed_args=ds,
+                                   data_collator=lambda rows: example.collate(rows, processor.tokenizer.pad_token_id))
+        trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
+    assert any("dualspeed/kl" in h for h in logged) and any("dualspeed/fast_ce" in h for h in logged)
