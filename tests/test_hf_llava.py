@@ -85,6 +85,22 @@ def test_host_builds_the_llava_input_in_every_visual_mode(pair, mode):
     torch.testing.assert_close(built["inputs_embeds"], emb_a, atol=1e-6, rtol=1e-6)
 
 
+def mirror(llava, hf) -> None:
+    """Attach the LLaVA model's DualSpeed settings to the HF model (same schedule seed), copy its isolator, train."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attach(install(hf), state_of(llava).args, seed=0)
+    hf.train()
+    with torch.no_grad():
+        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+
+
+def at_step(step: int, *models) -> None:
+    """Steer every model's mode schedule to global step `step`."""
+    for model in models:
+        state_of(model).schedule.at(step)
+
+
 def _steps(schedule):
     slow = next(s for s in range(100) if schedule.at(s).is_slow())
     fast = next(s for s in range(100) if not schedule.at(s).is_slow())
@@ -96,17 +112,10 @@ def test_fast_and_slow_steps_equal_the_llava_path(pair, which):
     """Same loss and the same gradients on the projector, the isolator and the LLM's first layer."""
     llava, hf = pair
     enable_dualspeed(llava, 4, slow_ratio=0.5)
-    args = state_of(llava).args
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attach(install(hf), args, seed=0)
-    hf.train()
-    with torch.no_grad():
-        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    mirror(llava, hf)
     slow, fast = _steps(state_of(llava).schedule)
     step = slow if which == "slow" else fast
-    state_of(llava).schedule.at(step)
-    state_of(hf).schedule.at(step)
+    at_step(step, llava, hf)
     lb, hb = llava_batch(hf.config.image_token_id)
     loss_a = llava(**lb).loss
     loss_a.backward()
@@ -224,15 +233,9 @@ def test_next_fast_and_slow_steps_equal_the_llava_path(next_pair, which):
     """Pruning after NeXT packing: the same packed sequences, kept tokens and losses on both hosts."""
     llava, hf = next_pair
     enable_dualspeed(llava, 4, slow_ratio=0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attach(install(hf), state_of(llava).args, seed=0)
-    hf.train()
-    with torch.no_grad():
-        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    mirror(llava, hf)
     step = _steps(state_of(llava).schedule)[0 if which == "slow" else 1]
-    state_of(llava).schedule.at(step)
-    state_of(hf).schedule.at(step)
+    at_step(step, llava, hf)
     lb, hb = next_batches(llava, hf.config.image_token_id)
     loss_a = llava(**lb).loss
     loss_a.backward()
@@ -301,14 +304,8 @@ def test_fast_step_options_equal_the_llava_path(pair, settings):
     """Other plug-ins ([CLS]-attention context, a compressor, seeded randomness) and layer skipping on both hosts."""
     llava, hf = pair
     enable_dualspeed(llava, 4, slow_ratio=0.0, **settings)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attach(install(hf), state_of(llava).args, seed=0)
-    hf.train()
-    with torch.no_grad():
-        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
-    state_of(llava).schedule.at(3)
-    state_of(hf).schedule.at(3)
+    mirror(llava, hf)
+    at_step(3, llava, hf)
     lb, hb = llava_batch(hf.config.image_token_id)
     loss_a, loss_b = llava(**lb).loss, hf(**hb).loss
     assert torch.isfinite(loss_a)
@@ -333,15 +330,9 @@ def test_fitprune_in_llm_pruning_equals_the_llava_path(pair, tmp_path, which):
     recipe = tmp_path / "recipe.json"
     FitPruneRecipe(visual_tokens=64, remaining=(64, 40, 20, 10), flops_budget=0.6, flops_ratio=0.55).save(str(recipe))
     enable_dualspeed(llava, 4, slow_ratio=0.5, vtp_method="fitprune", fitprune_recipe=str(recipe))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attach(install(hf), state_of(llava).args, seed=0)
-    hf.train()
-    with torch.no_grad():
-        hf.model.mode_isolator.weight.copy_(llava.get_model().mode_isolator.weight)
+    mirror(llava, hf)
     step = _steps(state_of(llava).schedule)[0 if which == "slow" else 1]
-    state_of(llava).schedule.at(step)
-    state_of(hf).schedule.at(step)
+    at_step(step, llava, hf)
     lb, hb = llava_batch(hf.config.image_token_id)
     loss_a, loss_b = llava(**lb).loss, hf(**hb).loss
     assert torch.isfinite(loss_a)
