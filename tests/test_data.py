@@ -259,7 +259,8 @@ def test_samples_whose_answer_is_cut_off_are_named_counted_and_limited(tok, proc
         dataset[0], dataset[1]
     assert dataset.truncated == 1 and "sample index 1 (id 's1'): its whole answer lies beyond" in caplog.text
     assert first_answer[0] + 63 < short_tok.model_max_length  # s0 keeps its answer
-    with pytest.raises(ValueError, match=r"data\.json: 1 of 2 checked samples have their whole answer cut off by "
+    with pytest.raises(ValueError, match=r"data\.json: 1 of 2 checked samples \(50\.0%\) have their whole answer "
+                                         r"cut off by "
                                          r"model_max_length .*latest: sample index 1 \(id 's1'\)"):
         LazySupervisedDataset(str(path), short_tok, data_args(processor, path, tmp_path, image_token_count=64))
 

@@ -236,10 +236,10 @@ class LazySupervisedDataset(Dataset):
         return int(supervised[0]) + extra < self.max_length
 
     def _truncation_message(self, cut: int, total: int, what: str, latest: int) -> str:
-        return (f"{self.data_path}: {cut} of {total} {what} have their whole answer cut off by model_max_length "
-                f"{self.max_length} (image tokens included; over the {self.max_truncated_fraction:.1%} limit of "
-                f"--max_truncated_fraction); latest: sample {_sample_name(self.records[latest], latest)}; raise "
-                f"--model_max_length or shorten those samples")
+        return (f"{self.data_path}: {cut} of {total} {what} ({cut / total:.1%}) have their whole answer cut off by "
+                f"model_max_length {self.max_length} (image tokens included; over the "
+                f"{self.max_truncated_fraction:.1%} limit of --max_truncated_fraction); latest: sample "
+                f"{_sample_name(self.records[latest], latest)}; raise --model_max_length or shorten those samples")
 
     def _count(self, index: int, encoded: Encoded) -> None:
         self.seen += 1
