@@ -16,7 +16,8 @@ def launch(args, entry="dualspeed_patch/train_mem.py"):
     return proc, time.time() - start
 
 
-@pytest.mark.parametrize("case", ["missing_data", "empty_data", "missing_image", "isolator_path", "bad_ratio"])
+@pytest.mark.parametrize("case", ["missing_data", "empty_data", "missing_image", "isolator_path", "recipe_path",
+                                  "bad_ratio"])
 def test_bad_input_fails_before_the_model_loads(tiny_world, tmp_path, case):
     args = pretrain_args(tiny_world, tmp_path / "out", steps=1, save_steps=10)
     data = args.index("--data_path") + 1
@@ -28,15 +29,21 @@ def test_bad_input_fails_before_the_model_loads(tiny_world, tmp_path, case):
         args[data] = str(tmp_path / "empty.json")
         expected = f"data error: data file {tmp_path / 'empty.json'} holds no samples"
     elif case == "missing_image":
-        records = json.loads((tiny_world / "pretrain.json").read_text())[:5]
-        records[1]["image"], records[3]["image"] = "gone1.png", "gone2.png"
+        records = json.loads((tiny_world / "pretrain.json").read_text())[:8]
+        for index in (1, 3, 4, 6):
+            records[index]["image"] = f"gone{index}.png"
         (tmp_path / "d.json").write_text(json.dumps(records))
         args[data] = str(tmp_path / "d.json")
-        expected = (f"data error: image file {tiny_world / 'images' / 'gone1.png'} of sample index 1 "
-                    f"(id {records[1]['id']!r}) does not exist (and 1 more samples' images are missing)")
+        shown = "; ".join(f"{tiny_world / 'images' / f'gone{i}.png'} (sample index {i} (id {records[i]['id']!r}))"
+                          for i in (1, 3, 4))
+        expected = f"data error: data file {tmp_path / 'd.json'}: 4 of 8 samples' images do not exist: {shown}; " \
+                   "and 1 more"
     elif case == "isolator_path":
         args += ["--dualspeed", "True", "--mode_isolator_path", str(tmp_path / "nope.bin")]
         expected = f"error: --mode_isolator_path {tmp_path / 'nope.bin'}: no such file"
+    elif case == "recipe_path":
+        args += ["--dualspeed", "True", "--fitprune_recipe", str(tmp_path / "recipe.json")]
+        expected = f"error: --fitprune_recipe {tmp_path / 'recipe.json'}: no such file"
     else:
         args += ["--dualspeed", "True", "--pruning_ratio", "1.5"]
         expected = "error: DualSpeedArguments.pruning_ratio must be in [0, 1), got 1.5"

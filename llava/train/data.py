@@ -71,6 +71,9 @@ def _load_records(data_path: str) -> List[Any]:
     return records
 
 
+MISSING_IMAGES_SHOWN = 3  # missing images named (with their samples) when the data is checked before loading
+
+
 def _warn_truncated(name: str, max_length: int) -> None:
     logger.warning("sample %s: its whole answer lies beyond model_max_length %d (image tokens included); it trains "
                    "on nothing", name, max_length)
@@ -78,7 +81,7 @@ def _warn_truncated(name: str, max_length: int) -> None:
 
 def check_data_files(data_path: str, image_folder: Optional[str]) -> int:
     """Before any model loads: the data file is a non-empty JSON list and every image its samples name exists.
-    Returns the number of samples; a DataError names the file (and the first missing image, with the count)."""
+    Returns the number of samples; a DataError names the file (and the first few missing images, with the count)."""
     records = _load_records(data_path)
     if not records:
         raise DataError(f"data file {data_path} holds no samples")
@@ -90,9 +93,10 @@ def check_data_files(data_path: str, image_folder: Optional[str]) -> int:
             if not os.path.isfile(path):
                 missing.append((path, _sample_name(record, index)))
     if missing:
-        path, name = missing[0]
-        more = f" (and {len(missing) - 1} more samples' images are missing)" if len(missing) > 1 else ""
-        raise MissingImageError(f"image file {path} of sample {name} does not exist{more}")
+        shown = "; ".join(f"{path} (sample {name})" for path, name in missing[:MISSING_IMAGES_SHOWN])
+        more = f"; and {len(missing) - MISSING_IMAGES_SHOWN} more" if len(missing) > MISSING_IMAGES_SHOWN else ""
+        raise MissingImageError(f"data file {data_path}: {len(missing)} of {len(records)} samples' images do not "
+                                f"exist: {shown}{more}")
     return len(records)
 
 
