@@ -34,9 +34,9 @@ def test_bad_input_fails_before_the_model_loads(tiny_world, tmp_path, case):
             records[index]["image"] = f"gone{index}.png"
         (tmp_path / "d.json").write_text(json.dumps(records))
         args[data] = str(tmp_path / "d.json")
-        shown = "; ".join(f"{tiny_world / 'images' / f'gone{i}.png'} (sample index {i} (id {records[i]['id']!r}))"
-                          for i in (1, 3, 4))
-        expected = f"data error: data file {tmp_path / 'd.json'}: 4 of 8 samples' images do not exist: {shown}; " \
+        shown = "; ".join(f"image file {tiny_world / 'images' / f'gone{i}.png'} of sample index {i} "
+                          f"(id {records[i]['id']!r}) does not exist" for i in (1, 3, 4))
+        expected = f"data error: data file {tmp_path / 'd.json'}: 4 of 8 samples' images are missing: {shown}; " \
                    "and 1 more"
     elif case == "isolator_path":
         args += ["--dualspeed", "True", "--mode_isolator_path", str(tmp_path / "nope.bin")]

@@ -93,10 +93,11 @@ def check_data_files(data_path: str, image_folder: Optional[str]) -> int:
             if not os.path.isfile(path):
                 missing.append((path, _sample_name(record, index)))
     if missing:
-        shown = "; ".join(f"{path} (sample {name})" for path, name in missing[:MISSING_IMAGES_SHOWN])
+        shown = "; ".join(f"image file {path} of sample {name} does not exist"
+                          for path, name in missing[:MISSING_IMAGES_SHOWN])
         more = f"; and {len(missing) - MISSING_IMAGES_SHOWN} more" if len(missing) > MISSING_IMAGES_SHOWN else ""
-        raise MissingImageError(f"data file {data_path}: {len(missing)} of {len(records)} samples' images do not "
-                                f"exist: {shown}{more}")
+        raise MissingImageError(f"data file {data_path}: {len(missing)} of {len(records)} samples' images are "
+                                f"missing: {shown}{more}")
     return len(records)
 
 
