@@ -5,6 +5,7 @@ installed evaluation extensions (`llava.eval.extensions`). Other evaluation runn
 `llava.eval.generation`, importable from here too), `build_prompt` and `batches`.
 """
 import argparse
+import functools
 import math
 import os
 import sys
@@ -19,7 +20,7 @@ from llava.conversation import conv_templates
 from llava.eval.eval_io import read_jsonl
 from llava.eval.generation import EvalSession, answer_batch, load_for_eval, load_image  # noqa: F401  (reusable API)
 from llava.eval import extensions
-from llava.eval.answers_file import open_answers, skipped_summary, write_answer
+from llava.eval.answers_file import load_or_skip, open_answers, resume_notice, skipped_summary, write_answer
 
 
 def split_list(items: list, n: int) -> List[list]:
@@ -77,8 +78,7 @@ def eval_model(args: argparse.Namespace) -> list:
     out, done = open_answers(answers_file, getattr(args, "overwrite", False))
     pending = [q for q in questions if (q["question_id"],) not in done]
     if done:
-        print(f"resuming: {len(questions) - len(pending)} of {len(questions)} questions already answered in "
-              f"{answers_file}")
+        print(resume_notice(len(questions) - len(pending), len(questions), answers_file))
     session = load_for_eval(args)
     use_im_start_end = getattr(session.model.config, "mm_use_im_start_end", False)
     start, answered, skipped = time.time(), 0, []
@@ -86,22 +86,18 @@ def eval_model(args: argparse.Namespace) -> list:
         for group in batches(pending, args.batch_size):
             size, with_image = len(group), has_image(group[0])
             images = None
-            if with_image:
-                readable = []
-                for q in group:
-                    try:
-                        readable.append((q, load_image(args.image_folder, q["image"], q["question_id"])))
-                    except ValueError as err:
-                        print(f"warning: skipped: {err}", file=sys.stderr)
-                        skipped.append((q["question_id"], str(err)))
-                group, images = [q for q, _ in readable], [image for _, image in readable]
+            if with_image:  # an unreadable image drops only its own question from the batch
+                loaded = [(q, load_or_skip(functools.partial(load_image, args.image_folder, q["image"],
+                                                             q["question_id"]), q["question_id"], skipped))
+                          for q in group]
+                group = [q for q, image in loaded if image is not None]
+                images = [image for _, image in loaded if image is not None]
             if group:
                 prompts = [build_prompt(q["text"], args.conv_mode, use_im_start_end, with_image) for q in group]
                 texts = answer_batch(session, prompts, images, instructions=[q["text"] for q in group])
                 for q, text in zip(group, texts):
                     write_answer(out, {"question_id": q["question_id"], "prompt": q["text"], "text": text,
                                        "answer_id": uuid.uuid4().hex, "model_id": session.model_name, "metadata": {}})
-                out.flush()
             answered += len(group)
             progress.update(size)
     print(f"answered {answered} questions in {time.time() - start:.1f}s -> {answers_file}")

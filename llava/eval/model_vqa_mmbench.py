@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 from typing import List
 
 from llava.eval.answer_loop import answer_items
@@ -61,13 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> list:
+    """Answer the question file (this chunk) into the answers file, resuming it unless `--overwrite`; returns the
+    questions skipped for an unreadable image (the command then exits with status 1)."""
     rows = get_chunk(read_tsv(os.path.expanduser(args.question_file)), args.num_chunks, args.chunk_idx)
     if rows and "image" not in rows[0]:
         raise ValueError(f"{args.question_file}: no 'image' column (base64 images)")
     items = mmbench_items(rows, args.all_rounds, args.single_pred_prompt, args.lang)
-    answer_items(load_for_eval(args), items, args, os.path.expanduser(args.answers_file))
+    return answer_items(load_for_eval(args), items, args, os.path.expanduser(args.answers_file),
+                        key_fields=("question_id", "round_id"))
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    sys.exit(1 if main(build_parser().parse_args()) else 0)

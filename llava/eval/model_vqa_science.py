@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 from typing import List
 
 from llava.eval.answer_loop import answer_items
@@ -53,14 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> list:
+    """Answer the question file (this chunk) into the answers file, resuming it unless `--overwrite`; returns the
+    questions skipped for an unreadable image (the command then exits with status 1)."""
     problems = read_json(os.path.expanduser(args.question_file))
     if not isinstance(problems, list):
         raise ValueError(f"{args.question_file}: expected a JSON list of problems")
     items = get_chunk(science_items(problems, args.image_folder, args.single_pred_prompt), args.num_chunks,
                       args.chunk_idx)
-    answer_items(load_for_eval(args), items, args, os.path.expanduser(args.answers_file))
+    return answer_items(load_for_eval(args), items, args, os.path.expanduser(args.answers_file))
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    sys.exit(1 if main(build_parser().parse_args()) else 0)
