@@ -12,15 +12,18 @@ from typing import Optional
 
 IMAGE_TOKEN = "<image>"
 # The tiny world's conversation format (llava.conversation "tiny_world": Vicuna v1 with a short system prompt),
-# with the assistant's replies marked for `return_assistant_tokens_mask`.
+# with the assistant's replies marked for `return_assistant_tokens_mask`. The spaces are placed so that the tokens
+# and the supervised ones equal LLaVA's `preprocess` of the same conversation (image runs collapsed; tested): a
+# space after <s> and after the image (LLaVA tokenizes the text after the image on its own, with a leading "▁"),
+# and the space after "ASSISTANT:" inside the reply (LLaVA supervises the "▁" before a reply's first digit).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}Answer questions about the picture. "
+    "{{ bos_token }} Answer questions about the picture. "
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image> \n"
     "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %} "
-    "{% else %}ASSISTANT: {% generation %}"
+    "{% else %}ASSISTANT:{% generation %} "
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}{{ eos_token }}"
     "{% endgeneration %}{% endif %}{% endfor %}"

@@ -180,3 +180,41 @@ def test_next_batches_of_the_example_collate_train_with_mixed_modes(tiny_llm_pat
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
     assert any("dualspeed/kl" in h for h in logged) and any("dualspeed/fast_ce" in h for h in logged)
+
+
+def test_tiny_chat_template_tokenizes_as_llava_preprocess(tiny_world):
+    """The tiny HF processor's chat template + the example's messages give LLaVA's `preprocess` tokens and labels
+    (each image's run of tokens collapsed to LLaVA's placeholder), over image, text-only and multi-turn samples."""
+    import importlib.util
+
+    from PIL import Image
+    from transformers import AutoTokenizer
+
+    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from llava.train.data import preprocess
+    from playground.world_hf import IMAGE_TOKEN, tiny_processor
+
+    spec = importlib.util.spec_from_file_location("hf_example", SCRIPT)
+    example = importlib.util.module_from_spec(spec)
+    sys.modules["hf_example"] = example
+    spec.loader.exec_module(example)
+    models = tiny_world / "models"
+    processor = tiny_processor(models / "tiny-llama", models / "tiny-clip", 8)
+    tokenizer = AutoTokenizer.from_pretrained(str(models / "tiny-llama"), use_fast=False)
+    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    records = json.loads((tiny_world / "sft.json").read_text())[:120]
+    kinds = {("image" in r, len(r["conversations"]) > 2) for r in records}
+    assert {(True, False), (False, False)} <= kinds
+    for record in records:
+        image = Image.new("RGB", (64, 64)) if record.get("image") else None
+        llava = preprocess([record["conversations"]], tokenizer, "tiny_world", has_image=image is not None)
+        encoded = processor.apply_chat_template(example.to_messages(record, image), tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True, return_tensors="pt")
+        ids, supervised = encoded["input_ids"][0], encoded["assistant_masks"][0].bool()
+        is_image = ids == image_id
+        first = is_image & ~torch.cat([torch.tensor([False]), is_image[:-1]])
+        keep = ~is_image | first
+        collapsed = torch.where(first, IMAGE_TOKEN_INDEX, ids)[keep]
+        labels = torch.where(supervised & ~is_image, ids, IGNORE_INDEX)[keep]
+        assert collapsed.tolist() == llava["input_ids"][0].tolist(), record["id"]
+        assert labels.tolist() == llava["labels"][0].tolist(), record["id"]
