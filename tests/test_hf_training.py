@@ -80,6 +80,25 @@ def test_zero3_lora_with_mixed_modes_trains_and_saves(zero3_run):
     assert lora_b and all(torch.isfinite(v).all() for v in lora_b) and any(v.abs().sum() > 0 for v in lora_b)
 
 
+def test_zero2_run_starts_from_a_trained_isolator(zero3_run, tiny_hf_llava, tiny_world, tmp_path):
+    """ZeRO-2 through the Trainer, fast and slow steps, the isolator loaded from an earlier run's safetensors file."""
+    from safetensors.torch import load_file
+
+    source = zero3_run / "mode_isolator.safetensors"
+    proc = run_script(script_args(tiny_hf_llava, tiny_world, tmp_path / "run", steps=4)
+                      + ["--deepspeed", str(REPO / "scripts/zero2.json"), "--mode_isolator_path", str(source)])
+    assert f"mode isolator loaded from {source}" in proc.stdout
+    assert "fresh isolator" not in proc.stderr
+    history = json.loads((tmp_path / "run/trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "loss" in h]
+    assert len(steps) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in steps)
+    assert any("dualspeed/kl" in h for h in steps) and any("dualspeed/fast_ce" in h for h in steps)
+    start = load_file(str(source))["model.mode_isolator.weight"]
+    end = load_file(str(tmp_path / "run/mode_isolator.safetensors"))["model.mode_isolator.weight"]
+    assert end.shape == start.shape and not torch.equal(end, start)  # loaded, then trained further
+    assert (end - start).abs().max() < 0.1  # (a fresh isolator would be a new random draw, far from the file)
+
+
 def test_saved_run_loads_for_plain_and_pruned_inference(zero3_run, tiny_hf_llava, tiny_world):
     from peft import PeftModel
     from PIL import Image
