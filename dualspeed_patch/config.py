@@ -61,6 +61,12 @@ class DualSpeedArguments:
                                         "one with python -m dualspeed_patch.fitprune_recipe)."}
     )
 
+    clip_text_tower: Optional[str] = field(
+        default=None, metadata={"help": "A full CLIP checkpoint (text tower + projections) for instruction-aware pruners "
+                                        "(cdpruner); default: the vision tower's own checkpoint (LLaVA names it, "
+                                        "Hugging Face Llava does not)."}
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -93,6 +99,8 @@ class DualSpeedArguments:
             path = getattr(self, flag)
             if path and not os.path.isfile(path):
                 raise FileNotFoundError(f"--{flag} {path}: no such file")
+        if self.clip_text_tower and not os.path.isfile(os.path.join(self.clip_text_tower, "config.json")):
+            raise FileNotFoundError(f"--clip_text_tower {self.clip_text_tower}: no CLIP checkpoint (config.json) there")
 
     def to_config_dict(self) -> dict[str, Any]:
         """Fields as `{"dualspeed_<name>": value}` for storing in the model's config.json, so a checkpoint

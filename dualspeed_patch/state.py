@@ -98,7 +98,7 @@ def attach(model, args: DualSpeedArguments, *, seed: int = 0, pretraining: bool 
     if state.isolator is not None:  # saved with the model, but plain LLaVA inference does not use it
         llava.config.update({TRAINING_ONLY_FIELD: ["mode_isolator"]})
     state.recipe = load_recipe(llava, args)
-    state.text_scorer = text_scorer_for(llava, state.method)
+    state.text_scorer = text_scorer_for(llava, state.method, args.clip_text_tower)
     slow_ratio = training_slow_ratio(args.slow_mode_ratio, pretraining, args.slow_mode_in_pretraining)
     state.schedule, state.metrics = ModeSchedule(seed, slow_ratio), DualSpeedMetrics()
     return state
@@ -113,17 +113,20 @@ def load_recipe(llava, args: DualSpeedArguments) -> Optional[FitPruneRecipe]:
     return recipe
 
 
-def text_scorer_for(llava, method: Method):
-    """CLIP's text tower beside the model's vision tower when the method reads instruction relevance, else None."""
+def text_scorer_for(llava, method: Method, clip_path: Optional[str] = None):
+    """CLIP's text tower (from `clip_path`, else the vision tower's checkpoint) when the method reads instruction
+    relevance, else None."""
     if "relevance" not in method.context_keys:
         return None
     from .vision_context import ClipTextScorer
 
     tower = llava.get_vision_tower()
-    if getattr(tower, "vision_tower_name", None) is None:
+    path = clip_path or getattr(tower, "vision_tower_name", None)
+    if path is None:
         raise ValueError(f"--vtp_method {method.name} scores instructions with CLIP's text tower, which this model "
-                         "does not name (Hugging Face Llava keeps only the vision tower); choose another method")
-    return ClipTextScorer(tower.vision_tower_name).to(device=tower.device, dtype=tower.dtype)
+                         "does not name (Hugging Face Llava keeps only the vision tower): pass --clip_text_tower "
+                         "<full CLIP checkpoint>")
+    return ClipTextScorer(path).to(device=tower.device, dtype=tower.dtype)
 
 
 @contextlib.contextmanager

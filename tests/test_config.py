@@ -56,7 +56,7 @@ def test_config_round_trip_dict_and_pretrained_config():
         "dualspeed_vtp_method": "random", "dualspeed_mode_isolator_len": 2, "dualspeed_distill_temperature": 2.0,
         "dualspeed_distill_alpha": 0.5, "dualspeed_mode_isolator_path": "/x/iso.bin",
         "dualspeed_slow_mode_in_pretraining": True, "dualspeed_layer_skip_ratio": 0.25,
-        "dualspeed_layer_skip_schedule": "uniform", "dualspeed_fitprune_recipe": None,
+        "dualspeed_layer_skip_schedule": "uniform", "dualspeed_fitprune_recipe": None, "dualspeed_clip_text_tower": None,
     }
     assert DualSpeedArguments.from_config(d) == a
     cfg = transformers.PretrainedConfig(**d)

@@ -315,10 +315,29 @@ def test_fast_step_options_equal_the_llava_path(pair, settings):
         assert logged["dualspeed/skipped_layers"] == expected["dualspeed/skipped_layers"] == 2.0
 
 
-def test_instruction_aware_pruner_is_refused_with_a_reason(pair):
+def test_instruction_aware_pruner_needs_a_clip_text_tower_on_hf(pair):
     _, hf = pair
-    with pytest.raises(ValueError, match="cdpruner.*CLIP's text tower"):
+    with pytest.raises(ValueError, match="cdpruner.*CLIP's text tower.*--clip_text_tower"):
         attach(install(hf), DualSpeedArguments(dualspeed=True, vtp_method="cdpruner"))
+
+
+@pytest.mark.parametrize("which", ["fast", "slow"])
+def test_cdpruner_with_instructions_equals_the_llava_path(pair, tiny_clip_path, which):
+    """CDPruner's relevance from each sample's instruction: LLaVA reads its tower's CLIP checkpoint, the HF model the
+    same checkpoint through --clip_text_tower; instructions per sample, mapped to the HF batch's images."""
+    llava, hf = pair
+    enable_dualspeed(llava, 4, slow_ratio=0.5, vtp_method="cdpruner", clip_text_tower=str(tiny_clip_path))
+    mirror(llava, hf)
+    assert state_of(hf).text_scorer is not None
+    at_step(_steps(state_of(llava).schedule)[0 if which == "slow" else 1], llava, hf)
+    lb, hb = llava_batch(hf.config.image_token_id)
+    texts = ["a red circle", "say hi"]
+    loss_a = llava(**lb, instructions=texts).loss
+    loss_b = hf(**hb, instructions=texts).loss
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
+    assert state_of(hf).instructions == ["a red circle"]  # the text-only sample holds no image
+    other = hf(**hb, instructions=["a green square", "say hi"]).loss  # the instruction changes what is kept
+    assert which == "slow" or not torch.allclose(other, loss_b)
 
 
 @pytest.mark.parametrize("which", ["fast", "slow"])

@@ -14,7 +14,7 @@ import types
 
 from ..state import state_of
 from ..step import train_step
-from .host import HFLlavaHost, host_of
+from .host import HFLlavaHost, host_of, per_image
 
 _INSTALLED = "__dualspeed_hf_forward__"
 # Hugging Face forward arguments the host translates (the rest ride along to Hugging Face's forward).
@@ -35,7 +35,8 @@ def install(model) -> HFLlavaHost:
     @functools.wraps(own)
     def forward(self, *args, **kwargs):
         state = state_of(host)
-        kwargs.pop("instructions", None)  # (instruction-aware pruners are not available on Hugging Face models)
+        # Instruction texts (for instruction-aware pruners) ride along with the batch, one per sample.
+        state.instructions = kwargs.pop("instructions", None)
         original = own.__get__(self)
         if not (self.training and state.training):
             return original(*args, **kwargs)
@@ -69,6 +70,7 @@ def hf_train_step(host: HFLlavaHost, state, original, call: dict):
             raise ValueError("DualSpeed training needs input_ids with the processor's image tokens, not inputs_embeds")
         images, sizes = host.images(pixel_values, call.get("image_sizes"))
         input_ids, mask = host.placeholder_ids(input_ids, mask, host.full_lengths(images, sizes))
+        state.instructions = per_image(state.instructions, input_ids)
     llava_call = {"input_ids": input_ids, "attention_mask": mask, "position_ids": call.get("position_ids"),
                   "inputs_embeds": call.get("inputs_embeds"), "labels": call.get("labels"), "images": images,
                   "image_sizes": sizes, "kwargs": extra}

@@ -202,6 +202,17 @@ class HFLlavaHost:
         return ids, mask.to(attention_mask.dtype if attention_mask is not None else torch.long)
 
 
+def per_image(instructions: Optional[list], placeholder_ids: torch.Tensor) -> Optional[list]:
+    """Each image's instruction from each sample's (samples without an image hold none in Hugging Face batches);
+    None stays None."""
+    if instructions is None:
+        return None
+    if len(instructions) != placeholder_ids.shape[0]:
+        raise ValueError(f"got {len(instructions)} instructions for a batch of {placeholder_ids.shape[0]} samples")
+    counts = (placeholder_ids == IMAGE_TOKEN_INDEX).sum(1).tolist()
+    return [text for text, n in zip(instructions, counts) for _ in range(n)]
+
+
 def host_of(model) -> HFLlavaHost:
     """The host adapter of a Hugging Face Llava model (peft-wrapped or not), created on first use and kept on it."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

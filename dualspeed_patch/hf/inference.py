@@ -14,13 +14,16 @@ import torch
 from ..inputs import FULL, VISUAL_MODES, multimodal_inputs
 from ..state import state_of
 from .forward import install
+from .host import per_image
 
 
 @torch.no_grad()
 def llm_inputs(model, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor], attention_mask=None,
-               image_sizes=None, *, mode: str = FULL, padding_side: str = "left") -> dict:
+               image_sizes=None, *, mode: str = FULL, padding_side: str = "left",
+               instructions: Optional[list] = None) -> dict:
     """{"inputs_embeds", "attention_mask", "position_ids"} of the LLM for a processor batch in visual mode `mode`
-    (with the pruning ratio and method of the model's DualSpeed state), padded on `padding_side`."""
+    (with the pruning ratio and method of the model's DualSpeed state), padded on `padding_side`; `instructions`
+    (one per sample) for instruction-aware pruners."""
     if mode not in VISUAL_MODES:
         raise ValueError(f"visual mode must be one of {', '.join(VISUAL_MODES)}; got {mode!r}")
     host = install(model)
@@ -30,6 +33,7 @@ def llm_inputs(model, input_ids: torch.Tensor, pixel_values: Optional[torch.Tens
     if pixel_values is not None:
         images, sizes = host.images(pixel_values, image_sizes)
         ids, mask = host.placeholder_ids(input_ids, attention_mask, host.full_lengths(images, sizes))
+        state.instructions = per_image(instructions, ids)
     with _padding(host, padding_side):
         _, positions, mask, _, embeds, _ = multimodal_inputs(host, state, mode, ids, None, mask, None, None, images,
                                                              sizes)
@@ -40,11 +44,12 @@ def llm_inputs(model, input_ids: torch.Tensor, pixel_values: Optional[torch.Tens
     return {"inputs_embeds": embeds, "attention_mask": mask.long(), "position_ids": positions}
 
 
-def generate(model, inputs: dict, *, mode: str = FULL, **generate_kwargs) -> torch.Tensor:
+def generate(model, inputs: dict, *, mode: str = FULL, instructions: Optional[list] = None,
+             **generate_kwargs) -> torch.Tensor:
     """`model.generate` on a processor batch (`input_ids`, `pixel_values`, `attention_mask`, `image_sizes`) in
     visual mode `mode`; returns only the new tokens (generation from input embeddings)."""
     built = llm_inputs(model, inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"),
-                       inputs.get("image_sizes"), mode=mode)
+                       inputs.get("image_sizes"), mode=mode, instructions=instructions)
     return model.generate(inputs_embeds=built["inputs_embeds"], attention_mask=built["attention_mask"],
                           **generate_kwargs)
 

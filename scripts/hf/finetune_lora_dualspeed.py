@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: make the repos
 
 from dualspeed_patch import DualSpeedArguments
 from dualspeed_patch.hf import DualSpeedTrainer
+from dualspeed_patch.methods import get_method
 from llava.train.distributed import cpu_training_argv, init_cpu_deepspeed_comm, shutdown_process_group
 
 IGNORE_INDEX = -100
@@ -80,7 +81,8 @@ def to_messages(record: dict, image: Optional[Image.Image]) -> list:
 class LlavaJsonDataset(torch.utils.data.Dataset):
     """LLaVA's JSON records, tokenized by the processor's chat template; labels only on the assistant's replies."""
 
-    def __init__(self, args: DataArguments, processor):
+    def __init__(self, args: DataArguments, processor, carry_instructions: bool = False):
+        self.carry_instructions = carry_instructions  # each sample's first instruction, for instruction-aware pruners
         with open(args.data_path) as handle:
             self.records = json.load(handle)
         if not isinstance(self.records, list) or not self.records:
@@ -104,6 +106,9 @@ class LlavaJsonDataset(torch.utils.data.Dataset):
                              f"--model_max_length {self.args.model_max_length}")
         labels = torch.where(encoded["assistant_masks"][0].bool(), ids, IGNORE_INDEX)
         item = {"input_ids": ids, "labels": labels}
+        if self.carry_instructions:
+            first = next((t for t in record["conversations"] if t.get("from") == "human"), {})
+            item["instruction"] = str(first.get("value", "")).replace("<image>", " ").strip()
         for key in ("pixel_values", "image_sizes"):
             if key in encoded:
                 item[key] = encoded[key]
@@ -126,6 +131,8 @@ def collate(items: list, pad_id: int) -> dict:
     sizes = [x["image_sizes"] for x in items if "image_sizes" in x]
     if sizes:
         batch["image_sizes"] = torch.cat(sizes)
+    if all("instruction" in x for x in items):
+        batch["instructions"] = [x["instruction"] for x in items]  # taken by DualSpeed's forward, one per sample
     return batch
 
 
@@ -158,7 +165,8 @@ def main(argv: Optional[list] = None) -> None:
     init_cpu_deepspeed_comm(training_args)
     transformers.set_seed(training_args.seed)
     processor = transformers.AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    dataset = LlavaJsonDataset(data_args, processor)
+    needs_text = ds_args.dualspeed and "relevance" in get_method(ds_args.vtp_method).context_keys
+    dataset = LlavaJsonDataset(data_args, processor, carry_instructions=needs_text)
     model = build_model(model_args, training_args)
     pad_id = processor.tokenizer.pad_token_id
     trainer = DualSpeedTrainer(model=model, args=training_args, train_dataset=dataset,
