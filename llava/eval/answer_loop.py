@@ -1,9 +1,9 @@
-"""The answering loop shared by the ScienceQA and MMBench runners: batch questions, generate, write answer lines.
+"""The answering loop of every evaluation runner (question files, ScienceQA, MMBench): batch, generate, write.
 
 Each item is {"question_id", "text" (the question put after the image token), "image" (a zero-argument callable
 returning the PIL image, or None for text-only), "record" (extra fields for the answer line, e.g. "prompt")}.
 Images are loaded batch by batch, so a large benchmark is never held in memory at once. The answers file is resumed
-and unreadable images are skipped as in `model_vqa_loader` (`llava.eval.answers_file`).
+and unreadable images are skipped (`llava.eval.answers_file`).
 """
 from __future__ import annotations
 
@@ -11,13 +11,44 @@ import argparse
 import sys
 import time
 import uuid
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 from tqdm import tqdm
 
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from llava.conversation import conv_templates
 from llava.eval.answers_file import load_or_skip, open_answers, resume_notice, skipped_summary, write_answer
 from llava.eval.generation import EvalSession, answer_batch
-from llava.eval.model_vqa_loader import batches, build_prompt
+
+
+def build_prompt(question: str, conv_mode: str, use_im_start_end: bool, has_image: bool) -> str:
+    """The conversation prompt for one question (image token first when it has an image), ready for generation."""
+    if has_image:
+        image = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN if use_im_start_end else DEFAULT_IMAGE_TOKEN
+        question = image + "\n" + question
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def has_image(question: dict) -> bool:
+    """Whether a question comes with an image (an absent or null "image" field means text-only)."""
+    return question.get("image") is not None
+
+
+def batches(questions: List[dict], size: int) -> Iterator[List[dict]]:
+    """Consecutive questions in groups of at most `size`; image and text-only questions are never mixed."""
+    if size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {size}")
+    group: List[dict] = []
+    for q in questions:
+        if group and (len(group) == size or has_image(group[0]) != has_image(q)):
+            yield group
+            group = []
+        group.append(q)
+    if group:
+        yield group
 
 
 def item_key(item: dict, key_fields: Tuple[str, ...]) -> tuple:

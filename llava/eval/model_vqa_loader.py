@@ -9,18 +9,13 @@ import functools
 import math
 import os
 import sys
-import time
-import uuid
-from typing import Iterator, List
+from typing import List
 
-from tqdm import tqdm
-
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
-from llava.conversation import conv_templates
 from llava.eval.eval_io import read_jsonl
 from llava.eval.generation import EvalSession, answer_batch, load_for_eval, load_image  # noqa: F401  (reusable API)
 from llava.eval import extensions
-from llava.eval.answers_file import load_or_skip, open_answers, resume_notice, skipped_summary, write_answer
+from llava.eval.answer_loop import answer_items, batches, build_prompt, has_image  # noqa: F401  (reusable API)
+from llava.eval.answers_file import answered_keys
 
 
 def split_list(items: list, n: int) -> List[list]:
@@ -38,72 +33,21 @@ def read_questions(path: str) -> List[dict]:
     return read_jsonl(path, required=("question_id", "text"))
 
 
-def build_prompt(question: str, conv_mode: str, use_im_start_end: bool, has_image: bool) -> str:
-    if has_image:
-        image = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN if use_im_start_end else DEFAULT_IMAGE_TOKEN
-        question = image + "\n" + question
-    conv = conv_templates[conv_mode].copy()
-    conv.append_message(conv.roles[0], question)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
-
-
-def has_image(question: dict) -> bool:
-    """Whether a question comes with an image (an absent or null "image" field means text-only)."""
-    return question.get("image") is not None
-
-
-def batches(questions: List[dict], size: int) -> Iterator[List[dict]]:
-    """Consecutive questions in groups of at most `size`; image and text-only questions are never mixed."""
-    if size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {size}")
-    group: List[dict] = []
-    for q in questions:
-        if group and (len(group) == size or has_image(group[0]) != has_image(q)):
-            yield group
-            group = []
-        group.append(q)
-    if group:
-        yield group
-
-
 def eval_model(args: argparse.Namespace) -> list:
     """Answer the question file (this chunk of it) into the answers file, one JSON line per question.
 
     Resumes: questions the answers file already holds are skipped (`--overwrite` starts over). A question whose image
-    cannot be read is skipped with a warning naming it; returns the skipped (question_id, reason) pairs.
+    cannot be read is skipped with a warning naming it; returns the skipped (question_id, reason) pairs. The question
+    file and the answers file are read before the model loads.
     """
     questions = get_chunk(read_questions(os.path.expanduser(args.question_file)), args.num_chunks, args.chunk_idx)
     answers_file = os.path.expanduser(args.answers_file)
-    out, done = open_answers(answers_file, getattr(args, "overwrite", False))
-    pending = [q for q in questions if (q["question_id"],) not in done]
-    if done:
-        print(resume_notice(len(questions) - len(pending), len(questions), answers_file))
-    session = load_for_eval(args)
-    use_im_start_end = getattr(session.model.config, "mm_use_im_start_end", False)
-    start, answered, skipped = time.time(), 0, []
-    with out, tqdm(total=len(pending), desc="answering") as progress:
-        for group in batches(pending, args.batch_size):
-            size, with_image = len(group), has_image(group[0])
-            images = None
-            if with_image:  # an unreadable image drops only its own question from the batch
-                loaded = [(q, load_or_skip(functools.partial(load_image, args.image_folder, q["image"],
-                                                             q["question_id"]), q["question_id"], skipped))
-                          for q in group]
-                group = [q for q, image in loaded if image is not None]
-                images = [image for _, image in loaded if image is not None]
-            if group:
-                prompts = [build_prompt(q["text"], args.conv_mode, use_im_start_end, with_image) for q in group]
-                texts = answer_batch(session, prompts, images, instructions=[q["text"] for q in group])
-                for q, text in zip(group, texts):
-                    write_answer(out, {"question_id": q["question_id"], "prompt": q["text"], "text": text,
-                                       "answer_id": uuid.uuid4().hex, "model_id": session.model_name, "metadata": {}})
-            answered += len(group)
-            progress.update(size)
-    print(f"answered {answered} questions in {time.time() - start:.1f}s -> {answers_file}")
-    if skipped:
-        print(skipped_summary(skipped), file=sys.stderr)
-    return skipped
+    if not getattr(args, "overwrite", False):
+        answered_keys(answers_file)  # a broken answers file fails now, not after loading the model
+    items = [{"question_id": q["question_id"], "text": q["text"], "record": {},
+              "image": functools.partial(load_image, args.image_folder, q["image"], q["question_id"])
+              if has_image(q) else None} for q in questions]
+    return answer_items(load_for_eval(args), items, args, answers_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
