@@ -29,6 +29,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .host import llava_part
+
 # Upstream LLaVA has the same function (name, arguments and choice), so the patch runs on either.
 from llava.mm_utils import select_best_resolution
 
@@ -194,8 +196,6 @@ def image_newline(model) -> torch.Tensor:
     keeps parameters of at most `stage3_param_persistence_threshold` elements whole on every rank, and
     transformers fills "auto" with 10 * hidden_size (image_newline has hidden_size elements).
     """
-    from .host import llava_part
-
     newline = llava_part(model, "image_newline")
     hidden = model.config.hidden_size
     if newline is None:

@@ -71,14 +71,19 @@ class UpstreamDualSpeedCallback(DualSpeedCallback):
             state.log_history[-1].update(metrics)
 
     def save_isolator(self, directory: str, args) -> None:
-        """Write `directory/mode_isolator.bin` ({"model.mode_isolator.weight": [l, hidden]}); collective."""
+        """Write the isolator into `directory` (`write_isolator`) from the saving process; collective (gathers a
+        ZeRO-3 partitioned isolator on every rank)."""
         if self.isolator is None:
             return
         weight = self.isolator.weight
         with gathered(weight):
             if args.should_save:
-                os.makedirs(directory, exist_ok=True)
-                torch.save({ISOLATOR_KEY: weight.detach().cpu().clone()}, os.path.join(directory, ISOLATOR_FILE))
+                self.write_isolator(weight, directory)
+
+    def write_isolator(self, weight: torch.Tensor, directory: str) -> None:
+        """`directory/mode_isolator.bin`: {"model.mode_isolator.weight": [l, hidden]}."""
+        os.makedirs(directory, exist_ok=True)
+        torch.save({ISOLATOR_KEY: weight.detach().cpu().clone()}, os.path.join(directory, ISOLATOR_FILE))
 
 
 def gathered(weight: torch.Tensor):

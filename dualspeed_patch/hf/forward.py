@@ -14,7 +14,7 @@ import types
 
 from ..state import state_of
 from ..step import train_step
-from .host import HFLlavaHost, host_of, per_image
+from .host import HFLlavaHost, host_of
 
 _INSTALLED = "__dualspeed_hf_forward__"
 # Hugging Face forward arguments the host translates (the rest ride along to Hugging Face's forward).
@@ -63,14 +63,9 @@ def hf_train_step(host: HFLlavaHost, state, original, call: dict):
     embeddings it built."""
     extra = dict(call.get("kwargs", {}))
     extra.update({k: v for k, v in call.items() if k not in _TRANSLATED and v is not None})
-    input_ids, mask, pixel_values = call.get("input_ids"), call.get("attention_mask"), call.get("pixel_values")
-    images = sizes = None
-    if pixel_values is not None:
-        if input_ids is None:
-            raise ValueError("DualSpeed training needs input_ids with the processor's image tokens, not inputs_embeds")
-        images, sizes = host.images(pixel_values, call.get("image_sizes"))
-        input_ids, mask = host.placeholder_ids(input_ids, mask, host.full_lengths(images, sizes))
-        state.instructions = per_image(state.instructions, input_ids)
+    input_ids, mask, images, sizes, state.instructions = host.llava_batch(
+        call.get("input_ids"), call.get("attention_mask"), call.get("pixel_values"), call.get("image_sizes"),
+        state.instructions)
     llava_call = {"input_ids": input_ids, "attention_mask": mask, "position_ids": call.get("position_ids"),
                   "inputs_embeds": call.get("inputs_embeds"), "labels": call.get("labels"), "images": images,
                   "image_sizes": sizes, "kwargs": extra}

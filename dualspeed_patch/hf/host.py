@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..anyres import packed_index, packing_settings
+from ..anyres import grid_shape, packed_index, packing_settings
 from ..splice import IMAGE_TOKEN_INDEX
 from ..state import HOST_ATTR
 
@@ -139,6 +139,18 @@ class HFLlavaHost:
                 "isolator_home": self.hf.model}[name]
 
     # ---- Hugging Face's conventions -> LLaVA's
+    def llava_batch(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                    pixel_values: Optional[torch.Tensor], image_sizes=None, instructions: Optional[list] = None) -> tuple:
+        """A processor batch in LLaVA's form: (input_ids with one placeholder per image, attention_mask, images,
+        image_sizes as (width, height), each image's instruction); unchanged without `pixel_values`."""
+        if pixel_values is None:
+            return input_ids, attention_mask, None, None, instructions
+        if input_ids is None:
+            raise ValueError("DualSpeed needs input_ids with the processor's image tokens, not inputs_embeds")
+        images, sizes = self.images(pixel_values, image_sizes)
+        ids, mask = self.placeholder_ids(input_ids, attention_mask, self.full_lengths(images, sizes))
+        return ids, mask, images, sizes, per_image(instructions, ids)
+
     def images(self, pixel_values: torch.Tensor, image_sizes=None) -> tuple:
         """(LLaVA `images`, LLaVA `image_sizes`) from the processor's `pixel_values` / `image_sizes`.
 
@@ -150,18 +162,11 @@ class HFLlavaHost:
             raise ValueError("LlavaNext batches need image_sizes (the processor returns them beside pixel_values)")
         sizes = [(int(w), int(h)) for h, w in torch.as_tensor(image_sizes).tolist()]
         settings = packing_settings(self)
-        views = [1 + self._grid_tiles(size, settings) for size in sizes]
+        views = [1 + cols * rows for cols, rows in (grid_shape(size, settings) for size in sizes)]
         if pixel_values.ndim != 5 or pixel_values.shape[0] != len(sizes) or max(views) > pixel_values.shape[1]:
             raise ValueError(f"LlavaNext pixel_values of shape {tuple(pixel_values.shape)} do not hold the views of "
                              f"{len(sizes)} images with views {views} (image_sizes {sizes} as width x height)")
         return [pixel_values[i, :n] for i, n in enumerate(views)], sizes
-
-    @staticmethod
-    def _grid_tiles(size: tuple, settings) -> int:
-        from ..anyres import grid_shape
-
-        cols, rows = grid_shape(size, settings)
-        return cols * rows
 
     def full_lengths(self, images, sizes) -> torch.Tensor:
         """[I] number of image tokens the processor wrote for each image (its full visual sequence)."""

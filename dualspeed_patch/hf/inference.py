@@ -14,7 +14,6 @@ import torch
 from ..inputs import FULL, VISUAL_MODES, multimodal_inputs
 from ..state import state_of
 from .forward import install
-from .host import per_image
 
 
 @torch.no_grad()
@@ -28,12 +27,8 @@ def llm_inputs(model, input_ids: torch.Tensor, pixel_values: Optional[torch.Tens
         raise ValueError(f"visual mode must be one of {', '.join(VISUAL_MODES)}; got {mode!r}")
     host = install(model)
     state = state_of(host)
-    ids, mask = input_ids, attention_mask
-    images = sizes = None
-    if pixel_values is not None:
-        images, sizes = host.images(pixel_values, image_sizes)
-        ids, mask = host.placeholder_ids(input_ids, attention_mask, host.full_lengths(images, sizes))
-        state.instructions = per_image(instructions, ids)
+    ids, mask, images, sizes, state.instructions = host.llava_batch(input_ids, attention_mask, pixel_values,
+                                                                     image_sizes, instructions)
     with _padding(host, padding_side):
         _, positions, mask, _, embeds, _ = multimodal_inputs(host, state, mode, ids, None, mask, None, None, images,
                                                              sizes)

@@ -23,7 +23,7 @@ from ..config import DualSpeedArguments
 from ..isolator import ISOLATOR_KEY, attach_isolator, get_isolator, read_isolator_file
 from ..state import DualSpeed, attach, state_of
 from ..train import prepare
-from ..upstream import UpstreamDualSpeedCallback, gathered
+from ..upstream import UpstreamDualSpeedCallback
 from .forward import install
 
 ISOLATOR_FILE = "mode_isolator.safetensors"
@@ -37,12 +37,8 @@ class HFDualSpeedCallback(UpstreamDualSpeedCallback):
         super().__init__(state.schedule, state.metrics, state.isolator, clear_zero3_grads=clear_zero3_grads)
         self.settings = state.args
 
-    def save_isolator(self, directory: str, args) -> None:
-        if self.isolator is None:
-            return
-        with gathered(self.isolator.weight):
-            if args.should_save:
-                save_isolator(self.isolator.weight, self.settings, directory)
+    def write_isolator(self, weight: torch.Tensor, directory: str) -> None:
+        save_isolator(weight, self.settings, directory)
 
 
 def save_isolator(weight: torch.Tensor, settings: DualSpeedArguments, directory: str) -> str:
@@ -115,13 +111,12 @@ def load_dualspeed(model, directory: str, *, trainable: bool = False) -> DualSpe
     weights = read_isolator_file(path)
     isolator = get_isolator(host)
     if isolator is None:
-        isolator = attach_isolator(host, int(weights.shape[0]), source=path, announce=False)
+        isolator = attach_isolator(host, int(weights.shape[0]), announce=False)
     elif tuple(isolator.weight.shape) != tuple(weights.shape):
         raise ValueError(f"{path}: mode isolator of shape {tuple(weights.shape)}, the model has "
                          f"{tuple(isolator.weight.shape)}")
-    else:
-        with torch.no_grad():
-            isolator.weight.copy_(weights.to(isolator.weight.dtype))
+    with torch.no_grad():
+        isolator.weight.copy_(weights.to(isolator.weight.dtype))
     isolator.requires_grad_(trainable)
     state.isolator = isolator
     return state_of(model)
