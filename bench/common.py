@@ -121,20 +121,26 @@ def collate(samples: List[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
-def prepare_stage(model, stage: str, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05):
+def prepare_stage(model, stage: str, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+                  target_modules=None, host=None):
     """Set the trainable parameters of a LLaVA training stage; returns the module to call for a training step.
 
     "pretrain": LLM and vision tower frozen, projector trainable (LLaVA stage 1).
-    "sft": LoRA (peft) on the LLM's linear layers + trainable projector, vision tower frozen (LLaVA LoRA SFT);
-    returns the peft wrapper. In both, a NeXT `image_newline` trains with the projector, and an isolator attached
-    later is trainable.
+    "sft": LoRA (peft) on the LLM's linear layers (`target_modules`, default LLaVA's `find_all_linear_names`) +
+    trainable projector, vision tower frozen (LLaVA LoRA SFT); returns the peft wrapper. In both, a NeXT
+    `image_newline` trains with the projector, and an isolator attached later is trainable. `host`: what DualSpeed
+    reads the projector and newline through (`dualspeed_patch.host.llava_part`; default the model itself, a Hugging
+    Face Llava passes its host adapter).
     """
+    from dualspeed_patch.host import llava_part
+
+    parts = model if host is None else host
 
     def multimodal_trainable() -> None:
-        base = model.get_model()
-        base.mm_projector.requires_grad_(True)
-        if getattr(base, "image_newline", None) is not None:
-            base.image_newline.requires_grad_(True)
+        llava_part(parts, "mm_projector").requires_grad_(True)
+        newline = llava_part(parts, "image_newline")
+        if newline is not None:
+            newline.requires_grad_(True)
 
     if stage == "pretrain":
         model.requires_grad_(False)
@@ -147,7 +153,7 @@ def prepare_stage(model, stage: str, lora_r: int = 16, lora_alpha: int = 32, lor
     from llava.train.train import find_all_linear_names
 
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
-                        target_modules=find_all_linear_names(model), task_type="CAUSAL_LM")
+                        target_modules=target_modules or find_all_linear_names(model), task_type="CAUSAL_LM")
     wrapped = get_peft_model(model, config)
     multimodal_trainable()
     return wrapped

@@ -16,10 +16,10 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from common import REPO  # noqa: F401  (puts the repository on sys.path before the imports below)
+from common import REPO, prepare_stage  # noqa: F401  (REPO: puts the repository on sys.path before the imports below)
 
 from dualspeed_patch import DualSpeedArguments, attach  # noqa: E402
-from dualspeed_patch.hf import install, uninstall  # noqa: E402
+from dualspeed_patch.hf import host_of, install, uninstall  # noqa: E402
 from dualspeed_patch.modes import ModeSchedule  # noqa: E402
 from dualspeed_patch.state import DualSpeed  # noqa: E402
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
@@ -72,28 +72,10 @@ def prepare_hf_stage(hf: torch.nn.Module, stage: str, llava: torch.nn.Module, lo
     linear layers named as LLaVA's LoRA targets (`find_all_linear_names(llava)`) + trainable projector. The vision
     tower's like-named q/k/v layers stay plain, as in real training (llava/train/train.py wraps the LLM before the
     vision tower exists); prepare_stage's LLaVA model also gets LoRA there, run without gradient (tiny cost)."""
-
-    def multimodal_trainable() -> None:
-        hf.model.multi_modal_projector.requires_grad_(True)
-        if getattr(hf.model, "image_newline", None) is not None:
-            hf.model.image_newline.requires_grad_(True)
-
-    if stage == "pretrain":
-        hf.requires_grad_(False)
-        multimodal_trainable()
-        return hf
-    if stage != "sft":
-        raise ValueError(f"stage must be 'pretrain' or 'sft', got {stage!r}")
-    from peft import LoraConfig, get_peft_model
-
     from llava.train.train import find_all_linear_names
 
     targets = r"model\.language_model\..*\.(" + "|".join(find_all_linear_names(llava)) + ")"
-    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
-                        target_modules=targets, task_type="CAUSAL_LM")
-    wrapped = get_peft_model(hf, config)
-    multimodal_trainable()
-    return wrapped
+    return prepare_stage(hf, stage, lora_r, lora_alpha, lora_dropout, target_modules=targets, host=host_of(hf))
 
 
 def hf_model(a: argparse.Namespace, pristine: torch.nn.Module, llava: torch.nn.Module,
