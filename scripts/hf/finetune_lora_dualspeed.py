@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: make the repos
 from dualspeed_patch import DualSpeedArguments
 from dualspeed_patch.hf import DualSpeedTrainer
 from dualspeed_patch.methods import get_method
+from llava.train.data import first_instruction
 from llava.train.distributed import cpu_training_argv, init_cpu_deepspeed_comm, shutdown_process_group
 
 IGNORE_INDEX = -100
@@ -107,8 +108,7 @@ class LlavaJsonDataset(torch.utils.data.Dataset):
         labels = torch.where(encoded["assistant_masks"][0].bool(), ids, IGNORE_INDEX)
         item = {"input_ids": ids, "labels": labels}
         if self.carry_instructions:
-            first = next((t for t in record["conversations"] if t.get("from") == "human"), {})
-            item["instruction"] = str(first.get("value", "")).replace("<image>", " ").strip()
+            item["instruction"] = first_instruction(record)  # the text LLaVA's dataset gives the pruner too
         for key in ("pixel_values", "image_sizes"):
             if key in encoded:
                 item[key] = encoded[key]
